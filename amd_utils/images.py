@@ -1,0 +1,44 @@
+"""Validation images: a grid PNG on disk and the same grid in the trackers."""
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_grid(images: torch.Tensor, columns: int = 8, min_size: int = 64) -> Image.Image:
+    """Tile images in [0, 1] of shape (B, C, H, W) into one RGB image; tiny images (8x8 digits) are
+    enlarged with nearest-neighbour to at least ``min_size`` pixels so they stay readable."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    scale = max(1, math.ceil(min_size / images.shape[-1]))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    batch, _, height, width = images.shape
+    columns = min(columns, batch)
+    rows = math.ceil(batch / columns)
+    grid = torch.ones(3, rows * height, columns * width)
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        grid[:, row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def save_and_log_grid(accelerator, images, output_dir, step, columns=8):
+    """Write ``<output_dir>/validation/step-<step>.png`` and send it to tensorboard / wandb; returns the path."""
+    grid = image_grid(images, columns)
+    folder = os.path.join(output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step-{step}.png")
+    grid.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": wandb.Image(grid)}, step=step)
+    return path

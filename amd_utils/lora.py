@@ -1,0 +1,69 @@
+"""One frozen base network carrying two LoRA adapters: ``student`` (G_theta) and ``fake`` (psi).
+
+The real teacher is the same network with adapters disabled, so a trainer holds one copy of the weights
+instead of DMD2's three. peft pitfalls this module absorbs: switching adapters with peft flips
+``requires_grad`` (we put it back: the optimizers and DDP own both adapters for the whole run), and
+parameter lists come from the adapter names, never from a ``requires_grad`` filter.
+"""
+
+import warnings
+
+import torch
+from peft import LoraConfig
+from peft.functional import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict, set_requires_grad
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+STUDENT, FAKE = "student", "fake"
+ADAPTERS = (STUDENT, FAKE)
+
+
+def add_student_and_fake_adapters(model, target_modules, rank, alpha=None):
+    """Freeze ``model`` and inject the two adapters (B = 0, so both start as the teacher, as DMD2's fake
+    teacher and student are initialized from it). Returns ``{adapter_name: [parameters]}``."""
+    model.requires_grad_(False)
+    for name in ADAPTERS:
+        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights=True)
+        with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, model, adapter_name=name)
+    set_requires_grad(model, list(ADAPTERS), True)
+    return {name: [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n] for name in ADAPTERS}
+
+
+def use_adapter(model, name):
+    """Route the forward pass through adapter ``name`` (``"student"`` or ``"fake"``), or through the frozen
+    base alone when ``name`` is None: that is the real teacher."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(name is not None)
+            if name is not None:
+                module.set_adapter(name)
+    set_requires_grad(model, list(ADAPTERS), True)
+
+
+def lora_state_dict(model, name):
+    """The weights of one adapter, keys without the adapter name (peft's saved format)."""
+    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+
+
+def load_lora_state_dict(model, name, state_dict):
+    result = set_peft_model_state_dict(model, state_dict, adapter_name=name)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"the {name} adapter checkpoint has keys this model lacks: {result.unexpected_keys[:3]} ...")
+
+
+@torch.no_grad()
+def merged_base_state_dict(model, name):
+    """The base weights with adapter ``name`` merged in, under the base model's own keys: what a stock
+    ``from_pretrained`` of the plain architecture loads. The model itself is left unmerged."""
+    merged = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer) and name in module.lora_A:
+            merged[module_name + ".weight"] = module.get_base_layer().weight + module.get_delta_weight(name)
+    state = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        state[key] = merged.get(key, value).detach().cpu().contiguous()
+    return state
