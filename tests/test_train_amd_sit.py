@@ -1,0 +1,130 @@
+"""train_amd_sit.py end to end on a tiny pixel-space SiT and a tiny DINOv2 reward, on CPU, offline."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, DiTTransformer2DModel
+from peft import LoraConfig
+from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from amd_utils.pipeline_sit import use_sit_time_embedding
+from tiny_models import tiny_dinov2_classifier, tiny_sit_pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"sit": tiny_sit_pipeline(root / "sit"), "reward": tiny_dinov2_classifier(root / "reward")}
+
+
+def train_args(tiny, output_dir, *extra):
+    return [
+        "--pretrained_model_name_or_path", tiny["sit"], "--reward", "dinov2", "--reward_model_name_or_path", tiny["reward"],
+        "--output_dir", str(output_dir), "--train_batch_size", "8", "--group_size", "4", "--lora_rank", "4",
+        "--fake_update_ratio", "2", "--learning_rate", "1e-3", "--real_guidance_scale", "2.0",
+        "--validation_class_labels", "0", "1", "2", "3", "--report_to", "tensorboard", *extra,
+    ]  # fmt: skip
+
+
+def launch(args, num_processes=1):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_cpu_threads_per_process", "1"]
+    env = dict(ENV)
+    if num_processes > 1:  # accelerate's multi-process CPU mode: torchrun processes with gloo
+        command.append("--multi_gpu")
+        env["ACCELERATE_USE_CPU"] = "true"
+    result = subprocess.run([*command, "train_amd_sit.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_trains_saves_and_the_output_loads_and_samples(tiny, tmp_path):
+    out = tmp_path / "out"
+    launch(train_args(tiny, out, "--max_train_steps", "6", "--validation_steps", "3", "--checkpointing_steps", "3"))
+    for path in ("model_index.json", "pipeline_sit.py", "transformer", "scheduler", "student_lora/adapter_model.safetensors",
+                 "student_lora/adapter_config.json", "README.md", "validation/step-6.png", "checkpoint-6/fake_lora.safetensors"):  # fmt: skip
+        assert (out / path).exists(), path
+    assert os.listdir(out / "logs")  # tensorboard events
+
+    pipe = DiffusionPipeline.from_pretrained(str(out), trust_remote_code=True)
+    assert pipe.config.default_sigmas == [1.0, 0.75, 0.5, 0.25] and pipe.scheduler.config.stochastic_sampling
+    images = pipe(class_labels=[0, 5, 9], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert images.shape == (3, 1, 8, 8) and torch.isfinite(images).all()
+    assert pipe.scheduler.sigmas.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]  # the student's 4 steps
+
+    # The student moved away from the base, and the LoRA alone on the base is the merged student.
+    base = DiTTransformer2DModel.from_pretrained(tiny["sit"], subfolder="transformer")
+    merged = pipe.transformer
+    assert any(not torch.equal(p, q) for p, q in zip(base.state_dict().values(), merged.state_dict().values()))
+    inject_adapter_in_model(LoraConfig.from_pretrained(str(out / "student_lora")), base)
+    set_peft_model_state_dict(base, load_file(str(out / "student_lora/adapter_model.safetensors")))
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.8]), torch.tensor([1, 2])
+    use_sit_time_embedding(base)
+    torch.testing.assert_close(base(x, timestep=t, class_labels=y).sample, merged(x, timestep=t, class_labels=y).sample, atol=1e-5, rtol=1e-4)
+
+
+def _adapters(checkpoint):
+    return {name: load_file(str(checkpoint / f"{name}_lora.safetensors")) for name in ("student", "fake")}
+
+
+def test_resume_continues_at_the_right_step_with_both_adapters_and_optimizers(tiny, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ("--validation_steps", "100", "--checkpointing_steps", "3")
+    launch(train_args(tiny, straight, "--max_train_steps", "6", *common))
+    launch(train_args(tiny, resumed, "--max_train_steps", "3", *common))
+    result = launch(train_args(tiny, resumed, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *common))
+    assert "Resuming from" in result.stdout + result.stderr and "checkpoint-3" in result.stdout + result.stderr
+    assert sorted(os.listdir(resumed)).count("checkpoint-6") == 1
+    # 3 + 3 steps after a resume land exactly where 6 uninterrupted steps do: adapters, Adam moments,
+    # schedulers and random state were all restored (a fresh optimizer would take different steps).
+    a, b = _adapters(straight / "checkpoint-6"), _adapters(resumed / "checkpoint-6")
+    for name in ("student", "fake"):
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            torch.testing.assert_close(a[name][key], b[name][key], atol=1e-6, rtol=1e-5)
+    assert any(not torch.equal(v, _adapters(resumed / "checkpoint-3")["student"][k]) for k, v in b["student"].items())
+
+
+def test_two_process_run_completes(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = launch(train_args(tiny, out, "--max_train_steps", "4", "--validation_steps", "4", "--checkpointing_steps", "2"), num_processes=2)
+    assert "Num processes: 2" in result.stdout + result.stderr
+    assert (out / "checkpoint-4/random_states_1.pkl").exists() and (out / "model_index.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--pretrained_model_name_or_path": "/no/such/model"}, "cannot load a DiT transformer from '/no/such/model'"),
+        ({"--group_size": "1"}, "--group_size must be at least 2"),
+        ({"--train_batch_size": "6"}, "--train_batch_size 6 is not a multiple of --group_size 4"),
+        ({"--reward": "no_such_module:score"}, "cannot import the reward module 'no_such_module'"),
+        ({"--reward": "hpsv9"}, "unknown reward 'hpsv9'"),
+        ({"--reward_model_name_or_path": "/no/such/reward"}, "cannot load the DINOv2 reward '/no/such/reward'"),
+        ({"--student_timesteps": "0.5"}, "--student_timesteps must rise from 0"),
+    ],
+)
+def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(tiny, tmp_path, change, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    args = train_args(tiny, out, "--max_train_steps", "2")
+    for flag, value in change.items():
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    result = subprocess.run([sys.executable, "train_amd_sit.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert message in last_line and last_line.startswith("train_amd_sit.py: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "earlier results"

@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""Adaptive Matching Distillation for class-conditional SiT / DiT flow models.
+
+    accelerate launch train_amd_sit.py \
+        --pretrained_model_name_or_path ./sit-xl-2-256 --vae stabilityai/sd-vae-ft-ema \
+        --reward dinov2 --reward_model_name_or_path facebook/dinov2-large-imagenet1k-1-layer \
+        --train_batch_size 32 --group_size 4 --output_dir sit-amd-4step
+
+One frozen ``DiTTransformer2DModel`` carries two LoRA adapters: ``student`` (the few-step generator) and
+``fake`` (the fake teacher); with adapters disabled it is the real teacher. SiT's interpolant:
+``x_t = t x0 + (1 - t) noise``, t = 1 clean, velocity ``x0 - noise`` (``amd_utils.parameterization``).
+A step updates the fake teacher; every ``--fake_update_ratio``-th step also updates the student.
+The output folder loads with ``DiffusionPipeline.from_pretrained(output_dir, trust_remote_code=True)``
+and samples in the student's steps. Convert an original SiT checkpoint with
+``scripts/convert_sit_to_diffusers.py`` first.
+"""
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from amd_utils.hub import push_to_hub, write_model_card
+from amd_utils.images import save_and_log_grid
+from amd_utils.lora import (
+    FAKE,
+    STUDENT,
+    add_student_and_fake_adapters,
+    load_lora_state_dict,
+    lora_state_dict,
+    merged_base_state_dict,
+    use_adapter,
+)
+from amd_utils.objective import (
+    OPERATORS,
+    adaptive_coefficients,
+    compose_gradient,
+    fake_sample_weights,
+    generator_loss,
+    group_advantages,
+    guided,
+    normalize_per_sample,
+    weighted_denoising_loss,
+)
+from amd_utils.parameterization import sample_noise_levels, sit_add_noise, sit_model_target, sit_x0
+from amd_utils.pipeline_sit import use_sit_time_embedding
+from amd_utils.rewards import load_reward
+from amd_utils.sit import save_sit_pipeline
+
+logger = get_logger(__name__)
+
+# Attention, feed-forward and the adaLN modulation that carries time and class into every block.
+LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "norm1.linear"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Adaptive Matching Distillation for SiT / DiT flow models.")
+    # Models and reward
+    parser.add_argument("--pretrained_model_name_or_path", required=True, help="SiT pipeline folder or Hub id (transformer/ in DiT format).")
+    parser.add_argument("--vae", default=None, help="VAE for latent models (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.")
+    parser.add_argument("--reward", default="dinov2", help="'dinov2' or 'my_module:my_function'.")
+    parser.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
+    # AMD
+    parser.add_argument("--operator", default="amd", choices=OPERATORS, help="dmd (Eq. 7), naive (Eq. 8) or amd (Eq. 10).")
+    parser.add_argument("--sensitivity", type=float, default=0.5, help="s of Eq. 13.")
+    parser.add_argument("--sharpen", dest="sharpen", action="store_true", default=True, help="Repulsive landscape sharpening, W(a) = exp(-a) (Eq. 14; default).")
+    parser.add_argument("--no_sharpen", dest="sharpen", action="store_false", help="Plain fake-teacher loss (W = 1).")
+    parser.add_argument("--group_size", type=int, default=4, help="K samples per class label (Eq. 12).")
+    parser.add_argument("--real_guidance_scale", type=float, default=1.5, help="CFG scale w of the real teacher, standard form uncond + w (cond - uncond).")
+    parser.add_argument("--student_timesteps", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], help="SiT times (0 = noise) the student denoises from; the first must be 0.")
+    parser.add_argument("--min_score_timestep", type=float, default=0.02, help="Student samples are re-noised to t in [min, max] for scoring.")
+    parser.add_argument("--max_score_timestep", type=float, default=0.98)
+    parser.add_argument("--fake_update_ratio", type=int, default=5, help="The student is updated every N-th step (DMD2: 5).")
+    # Optimization
+    parser.add_argument("--train_batch_size", type=int, default=32, help="Samples per device and step: a multiple of --group_size.")
+    parser.add_argument("--max_train_steps", type=int, default=2000, help="Steps; each updates the fake teacher.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Student adapter learning rate.")
+    parser.add_argument("--fake_learning_rate", type=float, default=None, help="Fake adapter learning rate (default: --learning_rate).")
+    parser.add_argument("--lr_scheduler", default="constant", help="diffusers' get_scheduler name.")
+    parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_weight_decay", type=float, default=0.0)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
+    parser.add_argument("--lora_rank", type=int, default=32)
+    parser.add_argument("--lora_alpha", type=int, default=None, help="Default: --lora_rank.")
+    parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16"], help="fp16 is not offered: its loss scaler would be shared by two optimizers.")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    # Outputs, logging, checkpoints
+    parser.add_argument("--output_dir", default="sit-amd")
+    parser.add_argument("--logging_dir", default="logs", help="Under --output_dir.")
+    parser.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
+    parser.add_argument("--validation_steps", type=int, default=200)
+    parser.add_argument("--validation_class_labels", type=int, nargs="+", default=None, help="Default: the first 8 classes.")
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder or 'latest'.")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None)
+    args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    """Reject bad flag values with one sentence, before anything is loaded or written."""
+    if args.group_size < 2:
+        raise ValueError(f"--group_size must be at least 2 to rank samples within a group, got {args.group_size}.")
+    if args.train_batch_size % args.group_size != 0:
+        raise ValueError(f"--train_batch_size {args.train_batch_size} is not a multiple of --group_size {args.group_size}: make it one.")
+    t = args.student_timesteps
+    if t[0] != 0.0 or any(b <= a for a, b in zip(t, t[1:])) or t[-1] >= 1.0:
+        raise ValueError(f"--student_timesteps must rise from 0 (pure noise) and stay below 1 (clean), got {t}.")
+    if not 0.0 <= args.min_score_timestep <= args.max_score_timestep <= 1.0:
+        raise ValueError("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 1.")
+    for name in ("max_train_steps", "fake_update_ratio", "validation_steps", "checkpointing_steps", "lora_rank"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.sensitivity < 0:
+        raise ValueError(f"--sensitivity must be >= 0, got {args.sensitivity}.")
+
+
+def load_models(args, device, dtype):
+    """The frozen base transformer, the VAE (None for pixel-space models) and the reward."""
+    try:
+        transformer = DiTTransformer2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="transformer", torch_dtype=dtype)
+    except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
+        raise ValueError(
+            f"cannot load a DiT transformer from {args.pretrained_model_name_or_path!r}: give a SiT pipeline folder "
+            "(see scripts/convert_sit_to_diffusers.py) or a Hub id that is reachable."
+        ) from None
+    use_sit_time_embedding(transformer)
+    vae_source, subfolder = (args.vae, None) if args.vae else (args.pretrained_model_name_or_path, "vae")
+    try:
+        vae = AutoencoderKL.from_pretrained(vae_source, subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError):
+        if args.vae:
+            raise ValueError(f"cannot load the VAE {args.vae!r}: not on disk and the Hub cannot be reached.") from None
+        vae = None  # a pixel-space model
+    reward = load_reward(args.reward, args.reward_model_name_or_path, device)
+    return transformer, vae, reward
+
+
+def predict_x0(model, adapter, x_t, t, class_labels):
+    """Clean estimate from the network with ``adapter`` active (None: the real teacher)."""
+    use_adapter(model, adapter)
+    velocity = model(x_t, timestep=t, class_labels=class_labels).sample[:, : x_t.shape[1]]
+    return sit_x0(x_t, velocity, t)
+
+
+def student_input(model, class_labels, student_timesteps, num_steps, shape, device):
+    """DMD2's backward simulation: run the student's first ``num_steps`` steps from pure noise without grad
+    (predict x0, re-noise it to the next timestep with fresh noise); returns the input of the next step."""
+    x = torch.randn(shape, device=device)
+    with torch.no_grad():
+        for i in range(num_steps):
+            t = torch.full((shape[0],), student_timesteps[i], device=device)
+            x0 = predict_x0(model, STUDENT, x, t, class_labels)
+            x = sit_add_noise(x0, torch.randn_like(x0), torch.full_like(t, student_timesteps[i + 1]))
+    return x
+
+
+def to_images(x, vae):
+    """Samples to images in [0, 1]: through the VAE for latent models, else pixels stored in [-1, 1]."""
+    if vae is not None:
+        x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (x.float() / 2 + 0.5).clamp(0, 1)
+
+
+def main(args):
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+        # The student's backward leaves the fake adapter without grads and vice versa.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed, device_specific=True)  # each process draws its own labels and noise
+    weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+
+    # ------------------------------------------------------------------ models: one base, two adapters
+    try:
+        transformer, vae, reward = load_models(args, accelerator.device, weight_dtype)
+    except ValueError as error:
+        sys.exit(f"train_amd_sit.py: {error}")
+    num_classes = transformer.config.num_embeds_ada_norm  # class id num_classes is the null (CFG) class
+    channels, size = transformer.config.in_channels, transformer.config.sample_size
+    if vae is not None:
+        vae.requires_grad_(False).to(accelerator.device)
+    transformer.to(accelerator.device).eval()  # eval: DiT's label dropout stays off
+    lora_alpha = args.lora_alpha or args.lora_rank
+    adapter_params = add_student_and_fake_adapters(transformer, LORA_TARGET_MODULES, args.lora_rank, lora_alpha)
+    for params in adapter_params.values():
+        for p in params:
+            p.data = p.data.float()  # trainable weights in float32 under mixed precision
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------ optimizers
+    if args.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            sys.exit("train_amd_sit.py: --use_8bit_adam needs bitsandbytes: pip install bitsandbytes.")
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    fake_learning_rate = args.fake_learning_rate or args.learning_rate
+    optimizers, lr_schedulers = {}, {}
+    for name, lr, num_updates in (
+        (STUDENT, args.learning_rate, math.ceil(args.max_train_steps / args.fake_update_ratio)),
+        (FAKE, fake_learning_rate, args.max_train_steps),
+    ):
+        optimizers[name] = optimizer_class(
+            adapter_params[name], lr=lr, betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        )  # fmt: skip
+        # accelerate steps a prepared scheduler once per process at every optimizer step
+        lr_schedulers[name] = get_scheduler(
+            args.lr_scheduler, optimizers[name], num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=num_updates * accelerator.num_processes,
+        )  # fmt: skip
+    transformer, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE] = accelerator.prepare(
+        transformer, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE]
+    )
+    # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
+    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
+    model = accelerator.unwrap_model(transformer)
+
+    # Checkpoints hold the two adapters, not the frozen base: accelerate's hooks save and load them.
+    def save_model_hook(models, weights, output_dir):
+        for _ in models:
+            weights.pop()
+        if accelerator.is_main_process:
+            for name in (STUDENT, FAKE):
+                save_file(lora_state_dict(model, name), os.path.join(output_dir, f"{name}_lora.safetensors"))
+
+    def load_model_hook(models, input_dir):
+        models.clear()
+        for name in (STUDENT, FAKE):
+            load_lora_state_dict(model, name, load_file(os.path.join(input_dir, f"{name}_lora.safetensors")))
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    # ------------------------------------------------------------------ resume
+    global_step = 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            found = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")] if os.path.isdir(args.output_dir) else []
+            path = os.path.join(args.output_dir, max(found, key=lambda d: int(d.split("-")[1]))) if found else None
+        else:
+            path = args.resume_from_checkpoint
+        if path is None or not os.path.isdir(path):
+            accelerator.print(f"No checkpoint {args.resume_from_checkpoint!r} found: starting a new run.")
+        else:
+            accelerator.print(f"Resuming from {path}")
+            accelerator.load_state(path)
+            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("amd-sit", config={k: str(v) for k, v in vars(args).items()})
+    validation_labels = args.validation_class_labels or list(range(min(8, num_classes)))
+    shape = (args.train_batch_size, channels, size, size)
+    num_groups = args.train_batch_size // args.group_size
+    num_student_steps = len(args.student_timesteps)
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
+
+    # ------------------------------------------------------------------ training loop (Algorithm 1)
+    while global_step < args.max_train_steps:
+        student_turn = global_step % args.fake_update_ratio == 0
+        logs = {}
+
+        # 1. K samples per class label; the student runs one of its steps (backward simulation).
+        class_labels = torch.randint(0, num_classes, (num_groups,), device=accelerator.device).repeat_interleave(args.group_size)
+        step_index = torch.randint(0, num_student_steps, ()).item()  # one student step per batch
+        x_in = student_input(model, class_labels, args.student_timesteps, step_index, shape, accelerator.device)
+        t_student = torch.full((shape[0],), args.student_timesteps[step_index], device=accelerator.device)
+        with torch.set_grad_enabled(student_turn):
+            x = predict_x0(transformer if student_turn else model, STUDENT, x_in, t_student, class_labels)
+
+        # 2. Reward-aware diagnosis (Eq. 12): rewards of the decoded samples, advantages within each group.
+        with torch.no_grad():
+            rewards = reward(to_images(x.detach(), vae), class_labels).float()
+        advantages = group_advantages(rewards, args.group_size)
+
+        # 3. Student update: re-noise, score with real (cond / uncond) and fake teachers, compose (Eqs. 7-10).
+        if student_turn:
+            levels = sample_noise_levels(shape[0], 1 - args.max_score_timestep, 1 - args.min_score_timestep, device=accelerator.device)
+            t = 1 - levels  # SiT time
+            x_t = sit_add_noise(x.detach(), torch.randn_like(x), t)
+            with torch.no_grad():
+                if args.real_guidance_scale != 1:
+                    null_labels = torch.full_like(class_labels, num_classes)
+                    both = predict_x0(model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([class_labels, null_labels]))
+                    x0_real_cond, x0_real_uncond = both.chunk(2)
+                else:
+                    x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, class_labels)
+                x0_fake = predict_x0(model, FAKE, x_t, t, class_labels)
+            sample = x.detach().float()
+            d_cond, d_uncond, d_fake = sample - x0_real_cond, sample - x0_real_uncond, sample - x0_fake
+            alpha, beta = adaptive_coefficients(advantages, args.sensitivity)  # Eq. 13
+            g = compose_gradient(args.operator, d_cond, d_uncond, d_fake, args.real_guidance_scale, alpha, beta)
+            g = normalize_per_sample(g, guided(d_cond, d_uncond, args.real_guidance_scale))
+            student_loss = generator_loss(x, g)
+            accelerator.backward(student_loss)
+            logs["grad_norm/student"] = accelerator.clip_grad_norm_(adapter_params[STUDENT], args.max_grad_norm).item()
+            optimizers[STUDENT].step()
+            lr_schedulers[STUDENT].step()
+            optimizers[STUDENT].zero_grad(set_to_none=True)
+            logs["loss/student"] = student_loss.detach().item()
+
+        # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
+        sample = x.detach()
+        levels = sample_noise_levels(shape[0], 1 - args.max_score_timestep, 1 - args.min_score_timestep, device=accelerator.device)
+        t = (1 - levels).to(sample.dtype)
+        noise = torch.randn_like(sample)
+        use_adapter(model, FAKE)
+        velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[:, :channels]
+        fake_loss = weighted_denoising_loss(velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen))
+        accelerator.backward(fake_loss)
+        logs["grad_norm/fake"] = accelerator.clip_grad_norm_(adapter_params[FAKE], args.max_grad_norm).item()
+        optimizers[FAKE].step()
+        lr_schedulers[FAKE].step()
+        optimizers[FAKE].zero_grad(set_to_none=True)
+
+        global_step += 1
+        progress_bar.update(1)
+        logs.update({
+            "loss/fake": fake_loss.detach().item(),
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std().item(),
+            "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
+            "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
+            "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
+        })  # fmt: skip
+        progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
+        accelerator.log(logs, step=global_step)
+
+        if global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args, global_step)
+        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
+            log_validation(accelerator, model, vae, args, validation_labels, global_step)
+
+    # ------------------------------------------------------------------ outputs
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_outputs(args, model, vae, lora_alpha, validation_labels)
+        if args.push_to_hub:
+            repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
+            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+    accelerator.end_training()
+
+
+def save_checkpoint(accelerator, args, global_step):
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        found = sorted((d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+        for old in found[: max(0, len(found) - args.checkpoints_total_limit + 1)]:
+            shutil.rmtree(os.path.join(args.output_dir, old))
+    path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
+    accelerator.save_state(path)
+    logger.info(f"Saved state to {path}")
+
+
+@torch.no_grad()
+def log_validation(accelerator, model, vae, args, class_labels, global_step):
+    """Student samples for fixed seeds, in its own steps: a grid PNG in the output folder and the trackers."""
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # validation must not shift the training's random stream
+        torch.manual_seed(args.seed)
+        labels = torch.tensor(class_labels, device=accelerator.device)
+        shape = (len(labels), model.config.in_channels, model.config.sample_size, model.config.sample_size)
+        last = len(args.student_timesteps) - 1
+        x_in = student_input(model, labels, args.student_timesteps, last, shape, accelerator.device)
+        t = torch.full((len(labels),), args.student_timesteps[last], device=accelerator.device)
+        images = to_images(predict_x0(model, STUDENT, x_in, t, labels), vae)
+    return save_and_log_grid(accelerator, images, args.output_dir, global_step)
+
+
+def save_outputs(args, model, vae, lora_alpha, class_labels):
+    """The merged student as a SiT pipeline that samples in the student's steps, the student adapter alone,
+    and a model card."""
+    merged = DiTTransformer2DModel.from_config(model.config)
+    merged.load_state_dict(merged_base_state_dict(model, STUDENT))
+    sigmas = [1.0 - t for t in args.student_timesteps]
+    save_sit_pipeline(args.output_dir, merged, FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), vae=vae, default_sigmas=sigmas)
+    lora_dir = os.path.join(args.output_dir, "student_lora")
+    os.makedirs(lora_dir, exist_ok=True)
+    save_file(lora_state_dict(model, STUDENT), os.path.join(lora_dir, "adapter_model.safetensors"))
+    LoraConfig(r=args.lora_rank, lora_alpha=lora_alpha, target_modules=LORA_TARGET_MODULES).save_pretrained(lora_dir)
+    validation_dir = os.path.join(args.output_dir, "validation")
+    validation = sorted(os.listdir(validation_dir), key=lambda f: int(f[5:-4])) if os.path.isdir(validation_dir) else []
+    write_model_card(
+        args.output_dir,
+        base_model=args.pretrained_model_name_or_path,
+        title=f"{os.path.basename(os.path.normpath(args.output_dir))}: {len(sigmas)}-step SiT distilled with AMD",
+        description=(
+            f"A {len(sigmas)}-step student of `{args.pretrained_model_name_or_path}` trained with Adaptive Matching "
+            f"Distillation (operator `{args.operator}`, reward `{args.reward}`). The folder holds the merged "
+            "student as a `SiTPipeline` and the student LoRA alone in `student_lora/`."
+        ),
+        usage=(
+            "from diffusers import DiffusionPipeline\n\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{args.hub_model_id or args.output_dir}", trust_remote_code=True)\n'
+            f"images = pipe(class_labels={class_labels}).images  # {len(sigmas)} steps, no guidance"
+        ),
+        settings={
+            "operator": args.operator, "sensitivity": args.sensitivity, "sharpen": args.sharpen,
+            "group_size": args.group_size, "real_guidance_scale": args.real_guidance_scale,
+            "student_timesteps": args.student_timesteps, "reward": args.reward,
+            "reward_model": args.reward_model_name_or_path, "max_train_steps": args.max_train_steps,
+            "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
+            "lora_rank": args.lora_rank,
+        },  # fmt: skip
+        images=[f"validation/{validation[-1]}"] if validation else [],
+        tags=["sit", "class-conditional"],
+    )
+
+
+if __name__ == "__main__":
+    try:
+        arguments = parse_args()
+    except ValueError as error:
+        sys.exit(f"train_amd_sit.py: {error}")
+    main(arguments)
