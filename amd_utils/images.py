@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 
-def image_grid(images: torch.Tensor, columns: int = 8, min_size: int = 64) -> Image.Image:
-    """Tile images in [0, 1] of shape (B, C, H, W) into one RGB image; tiny images (8x8 digits) are
-    enlarged with nearest-neighbour to at least ``min_size`` pixels so they stay readable."""
+def image_grid(images: torch.Tensor, columns: int = 8, min_size: int = 64, padding: int = 2) -> Image.Image:
+    """Tile images in [0, 1] of shape (B, C, H, W) into one RGB image, ``padding`` grey pixels apart; tiny
+    images (8x8 digits) are enlarged with nearest-neighbour to at least ``min_size`` pixels so they stay readable."""
     images = images.detach().float().clamp(0, 1).cpu()
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
@@ -20,10 +20,11 @@ def image_grid(images: torch.Tensor, columns: int = 8, min_size: int = 64) -> Im
     batch, _, height, width = images.shape
     columns = min(columns, batch)
     rows = math.ceil(batch / columns)
-    grid = torch.ones(3, rows * height, columns * width)
+    step_y, step_x = height + padding, width + padding
+    grid = torch.full((3, rows * step_y - padding, columns * step_x - padding), 0.5)
     for i, image in enumerate(images):
         row, column = divmod(i, columns)
-        grid[:, row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+        grid[:, row * step_y : row * step_y + height, column * step_x : column * step_x + width] = image
     return Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
