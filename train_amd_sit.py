@@ -20,7 +20,9 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
+import time
 
 import torch
 from accelerate import Accelerator
@@ -286,7 +288,9 @@ def main(args):
     progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
 
     # ------------------------------------------------------------------ training loop (Algorithm 1)
+    step_seconds = {"with a student update": [], "fake update only": []}  # wall time of each step
     while global_step < args.max_train_steps:
+        step_start = time.perf_counter()
         student_turn = global_step % args.fake_update_ratio == 0
         logs = {}
 
@@ -353,6 +357,8 @@ def main(args):
             "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
             "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
         })  # fmt: skip
+        step_kind = "with a student update" if student_turn else "fake update only"
+        step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
         progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
         accelerator.log(logs, step=global_step)
 
@@ -362,6 +368,10 @@ def main(args):
             log_validation(accelerator, model, vae, args, validation_labels, global_step)
 
     # ------------------------------------------------------------------ outputs
+    report = ", ".join(f"{statistics.median(seconds):.3f} s {kind}" for kind, seconds in step_seconds.items() if seconds)
+    if accelerator.device.type == "cuda":
+        report += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    logger.info(f"Median step time: {report}", main_process_only=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_outputs(args, model, vae, lora_alpha, validation_labels)
