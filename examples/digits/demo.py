@@ -119,7 +119,7 @@ def train_all(args, paths, runs, desc):
         with open(run["dir"] + ".log", "w") as log:
             result = subprocess.run(train_command(args, paths, run, threads), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         if result.returncode != 0:
-            raise RuntimeError(f"the run {run['dir']} failed: see {run['dir']}.log")
+            raise SystemExit(f"examples.digits.demo: the run {run['dir']} failed: its log is {run['dir']}.log.")
 
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(train, run) for run in runs]
