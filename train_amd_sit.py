@@ -102,6 +102,7 @@ def parse_args(argv=None):
     parser.add_argument("--lora_alpha", type=int, default=None, help="Default: --lora_rank.")
     parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16"], help="fp16 is not offered: its loss scaler would be shared by two optimizers.")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs: the fp32 reward model runs ~3x faster.")
     parser.add_argument("--seed", type=int, default=0)
     # Outputs, logging, checkpoints
     parser.add_argument("--output_dir", default="sit-amd")
@@ -198,6 +199,8 @@ def main(args):
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed, device_specific=True)  # each process draws its own labels and noise
     weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
 
     # ------------------------------------------------------------------ models: one base, two adapters
     try:

@@ -62,6 +62,7 @@ def run_trainer(folder, operator, args):
         "--output_dir", os.path.join(folder, f"out-{operator}"), "--max_train_steps", str(args.steps),
         "--train_batch_size", str(args.train_batch_size), "--group_size", "4", "--lora_rank", str(args.lora_rank),
         "--validation_steps", str(args.steps + 1), "--checkpointing_steps", str(args.steps + 1), "--report_to", "none",
+        "--allow_tf32",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
