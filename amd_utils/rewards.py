@@ -4,23 +4,76 @@
 generated for (class ids for class-conditional models, prompts for text-to-image). The reward only ranks
 samples within a group (Eq. 12), so its scale does not matter.
 
-Built in: ``dinov2`` (the paper's SiT reward: log-probability of the target class under a DINOv2 ImageNet
-classifier). Anything else: ``--reward my_module:my_function`` with that signature.
+Built in:
+- ``dinov2``: log-probability of the target class under a DINOv2 ImageNet classifier (the paper's SiT reward);
+- ``hpsv2`` (HPSv2.1) and ``hpsv2.0``: the Human Preference Score, open_clip's ViT-H-14 with the official
+  checkpoint (the paper's SDXL reward), scored as the cosine of image and prompt embeddings;
+- ``pickscore`` and ``clip``: transformers CLIP models, ``logit_scale * cosine``.
+Anything else: ``--reward my_module:my_function`` with that signature. Every model is loaded once, runs on
+tensors on ``device`` with its own preprocessing (resize the shortest edge, centre crop, normalize), and
+fails at start-up with one sentence when its weights are neither on disk nor reachable.
 """
 
 import importlib
+import os
 
 import torch
 import torch.nn.functional as F
 
+REWARDS = ("dinov2", "hpsv2", "hpsv2.0", "pickscore", "clip")
+HPSV2_REPO = "xswu/HPSv2"
+HPSV2_CHECKPOINTS = {"hpsv2": "HPS_v2.1_compressed.pt", "hpsv2.0": "HPS_v2_compressed.pt"}
+HPSV2_ARCHITECTURE = "ViT-H-14"
+# Default (model, processor) of the transformers CLIP rewards; PickScore ships without a processor.
+CLIP_REWARDS = {
+    "pickscore": ("yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    "clip": ("openai/clip-vit-large-patch14", "openai/clip-vit-large-patch14"),
+}
+
 
 def load_reward(name, model_name_or_path=None, device="cpu"):
-    """Return the reward called ``name``: a built-in or ``module:function``."""
+    """Return the reward called ``name``: a built-in (``REWARDS``) or ``module:function``.
+    ``model_name_or_path`` overrides the built-in's weights: a folder or Hub id, or for ``hpsv2`` the
+    checkpoint file."""
     if ":" in name:
         return _import_reward(name)
     if name == "dinov2":
         return dinov2_class_reward(model_name_or_path, device)
-    raise ValueError(f"unknown reward {name!r}: use 'dinov2' or 'my_module:my_function' for your own.")
+    if name in HPSV2_CHECKPOINTS:
+        return hpsv2_reward(model_name_or_path, HPSV2_CHECKPOINTS[name], device)
+    if name in CLIP_REWARDS:
+        return clip_reward(name, model_name_or_path, device)
+    raise ValueError(f"unknown reward {name!r}: use one of {', '.join(REWARDS)}, or 'my_module:my_function' for your own.")
+
+
+def _not_available(what, source, flag="--reward_model_name_or_path"):
+    return ValueError(
+        f"cannot load {what} {source!r}: it is not on disk and the Hub cannot be reached, so download it "
+        f"first or point {flag} at a local copy."
+    )
+
+
+def resize_crop_normalize(images, size, crop, mean, std):
+    """A processor's preprocessing on a batch of tensors in [0, 1]: resize the shortest edge to ``size``
+    (bicubic, antialiased; None: no resize), centre crop to ``crop`` (height, width; None: no crop), then
+    ``(x - mean) / std`` per channel."""
+    if size is not None:
+        height, width = images.shape[-2:]
+        scale = size / min(height, width)
+        images = F.interpolate(images, size=(round(height * scale), round(width * scale)), mode="bicubic", antialias=True)
+    if crop is not None:
+        top, left = (images.shape[-2] - crop[0]) // 2, (images.shape[-1] - crop[1]) // 2
+        images = images[..., top : top + crop[0], left : left + crop[1]]
+    mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(std, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def _embed_prompts(encode, prompts):
+    """Embeddings of ``prompts`` in order, each distinct prompt encoded once (a batch repeats each K times)."""
+    distinct = list(dict.fromkeys(prompts))
+    embeddings = encode(distinct)
+    return embeddings[torch.tensor([distinct.index(p) for p in prompts], device=embeddings.device)]
 
 
 def _import_reward(spec):
@@ -44,15 +97,10 @@ def dinov2_class_reward(model_name_or_path, device):
         model = Dinov2ForImageClassification.from_pretrained(model_name_or_path).to(device).eval()
         processor = AutoImageProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
-        raise ValueError(
-            f"cannot load the DINOv2 reward {model_name_or_path!r}: it is not on disk and the Hub cannot be "
-            "reached, so download it first or point --reward_model_name_or_path at a local copy."
-        ) from None
+        raise _not_available("the DINOv2 reward", model_name_or_path) from None
     model.requires_grad_(False)
     size = processor.size["shortest_edge"] if processor.do_resize else None
     crop = (processor.crop_size["height"], processor.crop_size["width"]) if processor.do_center_crop else None
-    mean = torch.tensor(processor.image_mean, device=device).reshape(1, -1, 1, 1)
-    std = torch.tensor(processor.image_std, device=device).reshape(1, -1, 1, 1)
     channels = model.config.num_channels
 
     @torch.no_grad()
@@ -60,15 +108,79 @@ def dinov2_class_reward(model_name_or_path, device):
         images = images.to(device=device, dtype=torch.float32)
         if images.shape[1] != channels:
             images = images.expand(-1, channels, -1, -1)  # a grayscale model output for an RGB classifier
-        if size is not None:
-            height, width = images.shape[-2:]
-            scale = size / min(height, width)
-            images = F.interpolate(images, size=(round(height * scale), round(width * scale)), mode="bicubic", antialias=True)
-        if crop is not None:
-            top, left = (images.shape[-2] - crop[0]) // 2, (images.shape[-1] - crop[1]) // 2
-            images = images[..., top : top + crop[0], left : left + crop[1]]
-        logits = model(pixel_values=(images - mean) / std).logits.float()
+        pixel_values = resize_crop_normalize(images, size, crop, processor.image_mean, processor.image_std)
+        logits = model(pixel_values=pixel_values).logits.float()
         labels = torch.as_tensor(class_labels, device=device).reshape(-1, 1)
         return logits.log_softmax(dim=-1).gather(1, labels).squeeze(1)
+
+    return reward
+
+
+def hpsv2_reward(checkpoint_path, checkpoint_name, device, architecture=HPSV2_ARCHITECTURE):
+    """HPSv2: the cosine of open_clip's image and prompt embeddings, with the HPS weights loaded from
+    ``checkpoint_path`` or, when None, ``checkpoint_name`` fetched from the HPSv2 Hub repository (cached)."""
+    import open_clip
+    from huggingface_hub import hf_hub_download
+
+    if checkpoint_path is None:
+        try:
+            checkpoint_path = hf_hub_download(HPSV2_REPO, checkpoint_name)
+        except Exception:  # offline and not cached, or the Hub is unreachable: huggingface_hub raises several types
+            raise ValueError(
+                f"cannot get the HPSv2 checkpoint {checkpoint_name} from the Hub repository {HPSV2_REPO}: it is not "
+                "cached and the Hub cannot be reached, so download it and point --reward_model_name_or_path at the file."
+            ) from None
+    elif not os.path.isfile(checkpoint_path):
+        raise ValueError(f"the HPSv2 checkpoint {checkpoint_path!r} is not a file: point --reward_model_name_or_path at HPSv2's .pt file.")
+    model = open_clip.create_model(architecture, pretrained=None, device="cpu")  # the HPS weights replace the random ones
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint.get("state_dict", checkpoint))
+    model = model.to(device).eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(architecture)
+    config = model.visual.preprocess_cfg
+    size = config["size"] if isinstance(config["size"], int) else config["size"][0]
+
+    @torch.no_grad()
+    def reward(images, prompts):
+        pixel_values = resize_crop_normalize(images.to(device, torch.float32), size, (size, size), config["mean"], config["std"])
+        image_embeddings = model.encode_image(pixel_values, normalize=True)
+        text_embeddings = _embed_prompts(lambda texts: model.encode_text(tokenizer(texts).to(device), normalize=True), prompts)
+        return (image_embeddings * text_embeddings).sum(-1).float()
+
+    return reward
+
+
+def clip_reward(name, model_name_or_path, device):
+    """``logit_scale * cosine`` of a transformers ``CLIPModel``'s image and prompt embeddings (PickScore's
+    score), as ``CLIPModel.forward`` computes them (its ``get_*_features`` changed return type in
+    transformers 5). The processor comes from ``model_name_or_path`` when it holds one, else from the default."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    default_model, default_processor = CLIP_REWARDS[name]
+    source = model_name_or_path or default_model
+    try:
+        model = CLIPModel.from_pretrained(source).to(device).eval().requires_grad_(False)
+    except (OSError, ValueError):
+        raise _not_available(f"the {name} reward", source) from None
+    try:
+        processor = CLIPProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        try:
+            processor = CLIPProcessor.from_pretrained(default_processor)
+        except (OSError, ValueError):
+            raise _not_available(f"the {name} reward's processor", default_processor) from None
+    image_processor, tokenizer = processor.image_processor, processor.tokenizer
+    size = image_processor.size["shortest_edge"]
+    crop = (image_processor.crop_size["height"], image_processor.crop_size["width"])
+
+    def encode_text(texts):
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
+        return F.normalize(model.text_projection(model.text_model(**tokens).pooler_output), dim=-1)
+
+    @torch.no_grad()
+    def reward(images, prompts):
+        pixel_values = resize_crop_normalize(images.to(device, torch.float32), size, crop, image_processor.image_mean, image_processor.image_std)
+        image_embeddings = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output), dim=-1)
+        return (model.logit_scale.exp() * (image_embeddings * _embed_prompts(encode_text, prompts)).sum(-1)).float()
 
     return reward

@@ -36,3 +36,59 @@ def tiny_dinov2_classifier(path, seed=0):
         size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}, image_mean=[0.5], image_std=[0.5]
     ).save_pretrained(str(path))
     return str(path)
+
+
+TINY_OPEN_CLIP = "amd-tiny-clip"
+
+
+def register_tiny_open_clip(folder):
+    """Register a tiny ViT open_clip architecture (open_clip's own BPE tokenizer) under ``TINY_OPEN_CLIP``."""
+    import json
+
+    import open_clip
+
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    with open(f"{folder}/{TINY_OPEN_CLIP}.json", "w") as f:
+        json.dump(config, f)
+    open_clip.add_model_config(str(folder))
+
+
+def tiny_hpsv2_checkpoint(path, seed=0):
+    """Random weights of the tiny open_clip model, saved as HPSv2 saves its checkpoints ({"state_dict": ...})."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY_OPEN_CLIP, pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, str(path))
+    return str(path)
+
+
+def tiny_clip_folder(path, seed=0):
+    """A tiny transformers CLIPModel with its processor (a BPE vocabulary written to the folder)."""
+    import json
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab = ["a", "c", "t", "o", "g", "d", "s", "r", "e", "n", "a</w>", "t</w>", "g</w>", "s</w>", "e</w>", "n</w>",
+             "ca", "cat</w>", "do", "dog</w>", "<unk>", "<|startoftext|>", "<|endoftext|>"]  # fmt: skip
+    merges = ["#version: 0.2", "c a", "ca t</w>", "d o", "do g</w>"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (path / "merges.txt").write_text("\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(path))
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(str(path))
+    return str(path)
