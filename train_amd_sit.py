@@ -17,10 +17,7 @@ and samples in the student's steps. Convert an original SiT checkpoint with
 
 import argparse
 import logging
-import math
 import os
-import shutil
-import statistics
 import sys
 import time
 
@@ -29,37 +26,29 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
-from diffusers.optimization import get_scheduler
 from peft import LoraConfig
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from amd_utils.hub import push_to_hub, write_model_card
 from amd_utils.images import save_and_log_grid
-from amd_utils.lora import (
-    FAKE,
-    STUDENT,
-    add_student_and_fake_adapters,
-    load_lora_state_dict,
-    lora_state_dict,
-    merged_base_state_dict,
-    use_adapter,
-)
-from amd_utils.objective import (
-    OPERATORS,
-    adaptive_coefficients,
-    compose_gradient,
-    fake_sample_weights,
-    generator_loss,
-    group_advantages,
-    guided,
-    normalize_per_sample,
-    weighted_denoising_loss,
-)
+from amd_utils.lora import FAKE, STUDENT, add_student_and_fake_adapters, lora_state_dict, merged_base_state_dict, use_adapter
+from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import sample_noise_levels, sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
 from amd_utils.rewards import load_reward
 from amd_utils.sit import save_sit_pipeline
+from amd_utils.training import (
+    add_amd_arguments,
+    add_optimization_arguments,
+    add_output_arguments,
+    check_shared_args,
+    make_optimizers,
+    register_adapter_checkpoint_hooks,
+    resume,
+    save_checkpoint,
+    step_time_report,
+)
 
 logger = get_logger(__name__)
 
@@ -69,74 +58,29 @@ LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Adaptive Matching Distillation for SiT / DiT flow models.")
-    # Models and reward
-    parser.add_argument("--pretrained_model_name_or_path", required=True, help="SiT pipeline folder or Hub id (transformer/ in DiT format).")
-    parser.add_argument("--vae", default=None, help="VAE for latent models (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.")
-    parser.add_argument("--reward", default="dinov2", help="'dinov2' or 'my_module:my_function'.")
-    parser.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
-    # AMD
-    parser.add_argument("--operator", default="amd", choices=OPERATORS, help="dmd (Eq. 7), naive (Eq. 8) or amd (Eq. 10).")
-    parser.add_argument("--sensitivity", type=float, default=0.5, help="s of Eq. 13.")
-    parser.add_argument("--sharpen", dest="sharpen", action="store_true", default=True, help="Repulsive landscape sharpening, W(a) = exp(-a) (Eq. 14; default).")
-    parser.add_argument("--no_sharpen", dest="sharpen", action="store_false", help="Plain fake-teacher loss (W = 1).")
-    parser.add_argument("--group_size", type=int, default=4, help="K samples per class label (Eq. 12).")
-    parser.add_argument("--real_guidance_scale", type=float, default=1.5, help="CFG scale w of the real teacher, standard form uncond + w (cond - uncond).")
-    parser.add_argument("--student_timesteps", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], help="SiT times (0 = noise) the student denoises from; the first must be 0.")
-    parser.add_argument("--min_score_timestep", type=float, default=0.02, help="Student samples are re-noised to t in [min, max] for scoring.")
-    parser.add_argument("--max_score_timestep", type=float, default=0.98)
-    parser.add_argument("--fake_update_ratio", type=int, default=5, help="The student is updated every N-th step (DMD2: 5).")
-    # Optimization
-    parser.add_argument("--train_batch_size", type=int, default=32, help="Samples per device and step: a multiple of --group_size.")
-    parser.add_argument("--max_train_steps", type=int, default=2000, help="Steps; each updates the fake teacher.")
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Student adapter learning rate.")
-    parser.add_argument("--fake_learning_rate", type=float, default=None, help="Fake adapter learning rate (default: --learning_rate).")
-    parser.add_argument("--lr_scheduler", default="constant", help="diffusers' get_scheduler name.")
-    parser.add_argument("--lr_warmup_steps", type=int, default=0)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.999)
-    parser.add_argument("--adam_weight_decay", type=float, default=0.0)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
-    parser.add_argument("--lora_rank", type=int, default=32)
-    parser.add_argument("--lora_alpha", type=int, default=None, help="Default: --lora_rank.")
-    parser.add_argument("--mixed_precision", default=None, choices=["no", "bf16"], help="fp16 is not offered: its loss scaler would be shared by two optimizers.")
-    parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs: the fp32 reward model runs ~3x faster.")
-    parser.add_argument("--seed", type=int, default=0)
-    # Outputs, logging, checkpoints
-    parser.add_argument("--output_dir", default="sit-amd")
-    parser.add_argument("--logging_dir", default="logs", help="Under --output_dir.")
-    parser.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
-    parser.add_argument("--validation_steps", type=int, default=200)
-    parser.add_argument("--validation_class_labels", type=int, nargs="+", default=None, help="Default: the first 8 classes.")
-    parser.add_argument("--checkpointing_steps", type=int, default=500)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
-    parser.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder or 'latest'.")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    parser.add_argument("--hub_token", default=None)
+    group = parser.add_argument_group("models and reward")
+    group.add_argument("--pretrained_model_name_or_path", required=True, help="SiT pipeline folder or Hub id (transformer/ in DiT format).")
+    group.add_argument("--vae", default=None, help="VAE for latent models (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.")
+    group.add_argument("--reward", default="dinov2", help="'dinov2' or 'my_module:my_function'.")
+    group.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
+    add_amd_arguments(parser)
+    group = parser.add_argument_group("SiT")
+    group.add_argument("--real_guidance_scale", type=float, default=1.5, help="CFG scale w of the real teacher, standard form uncond + w (cond - uncond).")
+    group.add_argument("--student_timesteps", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], help="SiT times (0 = noise) the student denoises from; the first must be 0.")
+    group.add_argument("--min_score_timestep", type=float, default=0.02, help="Student samples are re-noised to t in [min, max] for scoring.")
+    group.add_argument("--max_score_timestep", type=float, default=0.98)
+    group.add_argument("--validation_class_labels", type=int, nargs="+", default=None, help="Default: the first 8 classes.")
+    add_optimization_arguments(parser)
+    add_output_arguments(parser)
+    parser.set_defaults(output_dir="sit-amd")
     args = parser.parse_args(argv)
-    check_args(args)
-    return args
-
-
-def check_args(args):
-    """Reject bad flag values with one sentence, before anything is loaded or written."""
-    if args.group_size < 2:
-        raise ValueError(f"--group_size must be at least 2 to rank samples within a group, got {args.group_size}.")
-    if args.train_batch_size % args.group_size != 0:
-        raise ValueError(f"--train_batch_size {args.train_batch_size} is not a multiple of --group_size {args.group_size}: make it one.")
+    check_shared_args(args)
     t = args.student_timesteps
     if t[0] != 0.0 or any(b <= a for a, b in zip(t, t[1:])) or t[-1] >= 1.0:
         raise ValueError(f"--student_timesteps must rise from 0 (pure noise) and stay below 1 (clean), got {t}.")
     if not 0.0 <= args.min_score_timestep <= args.max_score_timestep <= 1.0:
         raise ValueError("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 1.")
-    for name in ("max_train_steps", "fake_update_ratio", "validation_steps", "checkpointing_steps", "lora_rank"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
-    if args.sensitivity < 0:
-        raise ValueError(f"--sensitivity must be >= 0, got {args.sensitivity}.")
+    return args
 
 
 def load_models(args, device, dtype):
@@ -221,66 +165,20 @@ def main(args):
         transformer.enable_gradient_checkpointing()
 
     # ------------------------------------------------------------------ optimizers
-    if args.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            sys.exit("train_amd_sit.py: --use_8bit_adam needs bitsandbytes: pip install bitsandbytes.")
-        optimizer_class = bnb.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    fake_learning_rate = args.fake_learning_rate or args.learning_rate
-    optimizers, lr_schedulers = {}, {}
-    for name, lr, num_updates in (
-        (STUDENT, args.learning_rate, math.ceil(args.max_train_steps / args.fake_update_ratio)),
-        (FAKE, fake_learning_rate, args.max_train_steps),
-    ):
-        optimizers[name] = optimizer_class(
-            adapter_params[name], lr=lr, betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
-        )  # fmt: skip
-        # accelerate steps a prepared scheduler once per process at every optimizer step
-        lr_schedulers[name] = get_scheduler(
-            args.lr_scheduler, optimizers[name], num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=num_updates * accelerator.num_processes,
-        )  # fmt: skip
+    try:
+        optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
+    except ValueError as error:
+        sys.exit(f"train_amd_sit.py: {error}")
     transformer, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE] = accelerator.prepare(
         transformer, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE]
     )
     # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
     # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
     model = accelerator.unwrap_model(transformer)
-
-    # Checkpoints hold the two adapters, not the frozen base: accelerate's hooks save and load them.
-    def save_model_hook(models, weights, output_dir):
-        for _ in models:
-            weights.pop()
-        if accelerator.is_main_process:
-            for name in (STUDENT, FAKE):
-                save_file(lora_state_dict(model, name), os.path.join(output_dir, f"{name}_lora.safetensors"))
-
-    def load_model_hook(models, input_dir):
-        models.clear()
-        for name in (STUDENT, FAKE):
-            load_lora_state_dict(model, name, load_file(os.path.join(input_dir, f"{name}_lora.safetensors")))
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_adapter_checkpoint_hooks(accelerator, model)  # checkpoints hold the two adapters, not the base
 
     # ------------------------------------------------------------------ resume
-    global_step = 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")] if os.path.isdir(args.output_dir) else []
-            path = os.path.join(args.output_dir, max(found, key=lambda d: int(d.split("-")[1]))) if found else None
-        else:
-            path = args.resume_from_checkpoint
-        if path is None or not os.path.isdir(path):
-            accelerator.print(f"No checkpoint {args.resume_from_checkpoint!r} found: starting a new run.")
-        else:
-            accelerator.print(f"Resuming from {path}")
-            accelerator.load_state(path)
-            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+    global_step = resume(accelerator, args)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("amd-sit", config={k: str(v) for k, v in vars(args).items()})
@@ -323,18 +221,13 @@ def main(args):
                 else:
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, class_labels)
                 x0_fake = predict_x0(model, FAKE, x_t, t, class_labels)
-            sample = x.detach().float()
-            d_cond, d_uncond, d_fake = sample - x0_real_cond, sample - x0_real_uncond, sample - x0_fake
-            alpha, beta = adaptive_coefficients(advantages, args.sensitivity)  # Eq. 13
-            g = compose_gradient(args.operator, d_cond, d_uncond, d_fake, args.real_guidance_scale, alpha, beta)
-            g = normalize_per_sample(g, guided(d_cond, d_uncond, args.real_guidance_scale))
-            student_loss = generator_loss(x, g)
-            accelerator.backward(student_loss)
+            loss = student_loss(x, x0_real_cond, x0_real_uncond, x0_fake, advantages, args.operator, args.real_guidance_scale, args.sensitivity)
+            accelerator.backward(loss)
             logs["grad_norm/student"] = accelerator.clip_grad_norm_(adapter_params[STUDENT], args.max_grad_norm).item()
             optimizers[STUDENT].step()
             lr_schedulers[STUDENT].step()
             optimizers[STUDENT].zero_grad(set_to_none=True)
-            logs["loss/student"] = student_loss.detach().item()
+            logs["loss/student"] = loss.detach().item()
 
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
         sample = x.detach()
@@ -366,15 +259,12 @@ def main(args):
         accelerator.log(logs, step=global_step)
 
         if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, args, global_step)
+            logger.info(f"Saved state to {save_checkpoint(accelerator, args, global_step)}")
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
             log_validation(accelerator, model, vae, args, validation_labels, global_step)
 
     # ------------------------------------------------------------------ outputs
-    report = ", ".join(f"{statistics.median(seconds):.3f} s {kind}" for kind, seconds in step_seconds.items() if seconds)
-    if accelerator.device.type == "cuda":
-        report += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-    logger.info(f"Median step time: {report}", main_process_only=False)
+    logger.info(f"Median step time: {step_time_report(step_seconds, accelerator.device)}", main_process_only=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_outputs(args, model, vae, lora_alpha, validation_labels)
@@ -382,16 +272,6 @@ def main(args):
             repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
             logger.info(f"Pushed to https://huggingface.co/{repo_id}")
     accelerator.end_training()
-
-
-def save_checkpoint(accelerator, args, global_step):
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        found = sorted((d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
-        for old in found[: max(0, len(found) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(os.path.join(args.output_dir, old))
-    path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
-    accelerator.save_state(path)
-    logger.info(f"Saved state to {path}")
 
 
 @torch.no_grad()

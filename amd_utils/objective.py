@@ -136,3 +136,23 @@ def weighted_denoising_loss(prediction: torch.Tensor, target: torch.Tensor, weig
     dtype = torch.promote_types(prediction.dtype, torch.float32)
     per_sample = (prediction.to(dtype) - target.to(dtype)).pow(2).mean(dim=tuple(range(1, prediction.ndim)))
     return (weights.to(dtype) * per_sample).mean()
+
+
+def student_loss(
+    x: torch.Tensor,
+    x0_real_cond: torch.Tensor,
+    x0_real_uncond: torch.Tensor,
+    x0_fake: torch.Tensor,
+    advantages: torch.Tensor,
+    operator: str,
+    guidance_scale: float,
+    sensitivity: float,
+) -> torch.Tensor:
+    """The student's loss for a batch of its samples ``x`` (with grad) and the teachers' clean estimates of
+    their re-noised copies: displacements of the detached samples, alpha and beta (Eq. 13), the operator
+    (Eqs. 7, 8, 10), DMD2's normalization, and the surrogate whose gradient in x is g (Eq. 2)."""
+    sample = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+    d_cond, d_uncond, d_fake = sample - x0_real_cond, sample - x0_real_uncond, sample - x0_fake
+    alpha, beta = adaptive_coefficients(advantages, sensitivity)
+    g = compose_gradient(operator, d_cond, d_uncond, d_fake, guidance_scale, alpha, beta)
+    return generator_loss(x, normalize_per_sample(g, guided(d_cond, d_uncond, guidance_scale)))

@@ -18,6 +18,7 @@ from amd_utils.objective import (
     guided,
     normalize_per_sample,
     standardize_in_groups,
+    student_loss,
     weighted_denoising_loss,
 )
 
@@ -237,3 +238,17 @@ def test_weighted_denoising_loss():
     per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)
     weights = torch.tensor([0.5, 2.0, 0.0])
     torch.testing.assert_close(weighted_denoising_loss(prediction, target, weights), (weights * per_sample).mean())
+
+
+def test_student_loss_pushes_the_composed_and_normalized_gradient_hand_computed():
+    # One sample of two elements, x = (1, 2); real cond / uncond / fake estimates chosen by hand.
+    x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    x0_cond, x0_uncond, x0_fake = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]])
+    # d_cond = (1, 2), d_uncond = (0, 1), d_fake = (0, -1); w = 3, a = 1, s = 0.5: alpha = 1.5, beta = 0.5.
+    # amd: 0.5 * (1, 3) + 1.5 * 2 * (1, 1) = (3.5, 4.5); d_cfg = (0, 1) + 3 * (1, 1) = (3, 4), mean |d_cfg| = 3.5.
+    student_loss(x, x0_cond, x0_uncond, x0_fake, torch.tensor([1.0]), "amd", 3.0, 0.5).backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[3.5, 4.5]]) / 3.5 / 2)
+    # dmd ignores the advantage: d_cfg - d_fake = (3, 5).
+    x.grad = None
+    student_loss(x, x0_cond, x0_uncond, x0_fake, torch.tensor([1.0]), "dmd", 3.0, 0.5).backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[3.0, 5.0]]) / 3.5 / 2)
