@@ -44,6 +44,7 @@ from amd_utils.training import (
     add_output_arguments,
     check_shared_args,
     make_optimizers,
+    optimizer_step,
     register_adapter_checkpoint_hooks,
     resume,
     save_checkpoint,
@@ -222,11 +223,7 @@ def main(args):
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, class_labels)
                 x0_fake = predict_x0(model, FAKE, x_t, t, class_labels)
             loss = student_loss(x, x0_real_cond, x0_real_uncond, x0_fake, advantages, args.operator, args.real_guidance_scale, args.sensitivity)
-            accelerator.backward(loss)
-            logs["grad_norm/student"] = accelerator.clip_grad_norm_(adapter_params[STUDENT], args.max_grad_norm).item()
-            optimizers[STUDENT].step()
-            lr_schedulers[STUDENT].step()
-            optimizers[STUDENT].zero_grad(set_to_none=True)
+            logs["grad_norm/student"] = optimizer_step(accelerator, loss, adapter_params[STUDENT], optimizers[STUDENT], lr_schedulers[STUDENT], args.max_grad_norm)
             logs["loss/student"] = loss.detach().item()
 
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
@@ -237,11 +234,7 @@ def main(args):
         use_adapter(model, FAKE)
         velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[:, :channels]
         fake_loss = weighted_denoising_loss(velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen))
-        accelerator.backward(fake_loss)
-        logs["grad_norm/fake"] = accelerator.clip_grad_norm_(adapter_params[FAKE], args.max_grad_norm).item()
-        optimizers[FAKE].step()
-        lr_schedulers[FAKE].step()
-        optimizers[FAKE].zero_grad(set_to_none=True)
+        logs["grad_norm/fake"] = optimizer_step(accelerator, fake_loss, adapter_params[FAKE], optimizers[FAKE], lr_schedulers[FAKE], args.max_grad_norm)
 
         global_step += 1
         progress_bar.update(1)

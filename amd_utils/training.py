@@ -106,6 +106,16 @@ def make_optimizers(args, adapter_params, num_processes):
     return optimizers, lr_schedulers
 
 
+def optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm):
+    """Backward, clip, step and zero one adapter's optimizer; returns the gradient norm before clipping."""
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm).item()
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
     """Make ``accelerator.save_state`` / ``load_state`` hold the two adapters instead of the frozen base:
     ``<checkpoint>/student_lora.safetensors`` and ``fake_lora.safetensors``. ``save_extra(folder)`` adds a

@@ -1,8 +1,6 @@
 """train_amd_sit.py end to end on a tiny pixel-space SiT and a tiny DINOv2 reward, on CPU, offline."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,10 +10,9 @@ from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from amd_utils.pipeline_sit import use_sit_time_embedding
+from launch import assert_fails_with_one_sentence, with_flags
+from launch import launch as launch_script
 from tiny_models import tiny_dinov2_classifier, tiny_sit_pipeline
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +33,7 @@ def train_args(tiny, output_dir, *extra):
 
 
 def launch(args, num_processes=1):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_cpu_threads_per_process", "1"]
-    env = dict(ENV)
-    if num_processes > 1:  # accelerate's multi-process CPU mode: torchrun processes with gloo
-        command.append("--multi_gpu")
-        env["ACCELERATE_USE_CPU"] = "true"
-    result = subprocess.run([*command, "train_amd_sit.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return launch_script("train_amd_sit.py", args, num_processes)
 
 
 def test_trains_saves_and_the_output_loads_and_samples(tiny, tmp_path):
@@ -116,15 +106,5 @@ def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(tiny, tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier results")
-    args = train_args(tiny, out, "--max_train_steps", "2")
-    for flag, value in change.items():
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    result = subprocess.run([sys.executable, "train_amd_sit.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert message in last_line and last_line.startswith("train_amd_sit.py: "), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "earlier results"
+    args = with_flags(train_args(tiny, out, "--max_train_steps", "2"), change)
+    assert_fails_with_one_sentence("train_amd_sit.py", args, message, out)

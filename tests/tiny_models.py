@@ -69,26 +69,67 @@ def tiny_hpsv2_checkpoint(path, seed=0):
 
 def tiny_clip_folder(path, seed=0):
     """A tiny transformers CLIPModel with its processor (a BPE vocabulary written to the folder)."""
-    import json
-
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     torch.manual_seed(seed)
-    vocab = ["a", "c", "t", "o", "g", "d", "s", "r", "e", "n", "a</w>", "t</w>", "g</w>", "s</w>", "e</w>", "n</w>",
-             "ca", "cat</w>", "do", "dog</w>", "<unk>", "<|startoftext|>", "<|endoftext|>"]  # fmt: skip
-    merges = ["#version: 0.2", "c a", "ca t</w>", "d o", "do g</w>"]
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (path / "merges.txt").write_text("\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    tokenizer, vocab_size = _tiny_clip_tokenizer(path)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(path))
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        text_config={"vocab_size": vocab_size, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": vocab_size - 2,
+                     "eos_token_id": vocab_size - 1, "pad_token_id": vocab_size - 1},
         vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "image_size": 32, "patch_size": 8},
         projection_dim=8,
     )  # fmt: skip
     CLIPModel(config).save_pretrained(str(path))
+    return str(path)
+
+
+def _tiny_clip_tokenizer(folder):
+    """A CLIP BPE tokenizer over a tiny vocabulary written to ``folder`` (words outside it become <unk>)."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    vocab = ["a", "c", "t", "o", "g", "d", "s", "r", "e", "n", "a</w>", "t</w>", "g</w>", "s</w>", "e</w>", "n</w>",
+             "ca", "cat</w>", "do", "dog</w>", "<unk>", "<|startoftext|>", "<|endoftext|>"]  # fmt: skip
+    merges = ["#version: 0.2", "c a", "ca t</w>", "d o", "do g</w>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(vocab)
+
+
+def tiny_sdxl_pipeline(path, seed=0):
+    """An SDXL pipeline folder at the smallest size diffusers' own SDXL tests use (16 x 16 images, 8 x 8
+    latents): UNet with text-time conditioning, VAE, both CLIP text encoders, tokenizers, scheduler."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, sample_size=16,
+    )  # fmt: skip
+    tokenizer, vocab_size = _tiny_clip_tokenizer(path / "_vocab")
+    text_config = CLIPTextConfig(
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size, projection_dim=32, max_position_embeddings=77,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config), text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    )  # fmt: skip
+    pipe.save_pretrained(str(path))
     return str(path)

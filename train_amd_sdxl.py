@@ -1,0 +1,406 @@
+#!/usr/bin/env python
+"""Adaptive Matching Distillation for SDXL: a 4-step LoRA student, reward-aware.
+
+    accelerate launch train_amd_sdxl.py \
+        --pretrained_model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \
+        --pretrained_vae_model_name_or_path madebyollin/sdxl-vae-fp16-fix \
+        --prompts_file prompts.txt --reward hpsv2 --train_batch_size 8 --group_size 4 \
+        --mixed_precision bf16 --gradient_checkpointing --output_dir sdxl-amd-4step
+
+One frozen ``UNet2DConditionModel`` carries two LoRA adapters: ``student`` (the 4-step generator) and
+``fake`` (the fake teacher); with adapters disabled it is the real teacher, guided with all-zero
+unconditional embeddings (DMD2's SDXL recipe). DDPM epsilon prediction, clean estimates in float64
+(``amd_utils.parameterization``). A step updates the fake teacher; every ``--fake_update_ratio``-th step
+also updates the student. The output folder holds ``pytorch_lora_weights.safetensors`` for
+``StableDiffusionXLPipeline.load_lora_weights`` and a model card with the 4-step loading snippet.
+"""
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from peft import LoraConfig
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+from amd_utils.hub import push_to_hub, write_model_card
+from amd_utils.images import save_and_log_grid
+from amd_utils.lora import FAKE, STUDENT, add_student_and_fake_adapters, lora_state_dict, use_adapter
+from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
+from amd_utils.parameterization import ddpm_add_noise, ddpm_model_target, ddpm_x0
+from amd_utils.rewards import load_reward
+from amd_utils.training import (
+    add_amd_arguments,
+    add_optimization_arguments,
+    add_output_arguments,
+    check_shared_args,
+    make_optimizers,
+    optimizer_step,
+    register_adapter_checkpoint_hooks,
+    resume,
+    save_checkpoint,
+    step_time_report,
+)
+
+logger = get_logger(__name__)
+
+# What diffusers' SDXL LoRA distillation (LCM-LoRA) adapts: attention, feed-forward, resnet convolutions and
+# the time embedding projections.
+LORA_TARGET_MODULES = [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+]  # fmt: skip
+PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Adaptive Matching Distillation for SDXL (4-step LoRA student).")
+    group = parser.add_argument_group("models, reward and prompts")
+    group.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL pipeline folder or Hub id.")
+    group.add_argument("--pretrained_vae_model_name_or_path", default=None, help="e.g. madebyollin/sdxl-vae-fp16-fix; default: the pipeline's vae/.")
+    group.add_argument("--reward", default="hpsv2", help="hpsv2 (HPSv2.1), hpsv2.0, pickscore, clip, or 'my_module:my_function'.")
+    group.add_argument("--reward_model_name_or_path", default=None, help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.")
+    group.add_argument("--prompts_file", default=None, help="A .txt file (one prompt a line), or a .csv / .jsonl with a --prompt_column.")
+    group.add_argument("--dataset_name", default=None, help="A datasets dataset with a --prompt_column, instead of --prompts_file.")
+    group.add_argument("--dataset_split", default="train")
+    group.add_argument("--prompt_column", default="prompt")
+    add_amd_arguments(parser)
+    group = parser.add_argument_group("SDXL")
+    group.add_argument("--resolution", type=int, default=1024)
+    group.add_argument("--real_guidance_scale", type=float, default=8.0, help="CFG scale w of the real teacher, uncond + w (cond - uncond), uncond = zero embeddings.")
+    group.add_argument("--student_timesteps", type=int, nargs="+", default=[999, 749, 499, 249], help="The student's DDPM timesteps, falling, the first the noisiest.")
+    group.add_argument("--min_score_timestep", type=int, default=20, help="Student samples are re-noised to t in [min, max] for scoring.")
+    group.add_argument("--max_score_timestep", type=int, default=980)
+    group.add_argument("--reward_resolution", type=int, default=512, help="Decoded samples are resized to this before the reward (which resizes again to its own input).")
+    group.add_argument("--validation_prompts", nargs="+", default=None, help="Default: the first 4 training prompts.")
+    add_optimization_arguments(parser)
+    add_output_arguments(parser)
+    parser.set_defaults(output_dir="sdxl-amd", train_batch_size=8)
+    args = parser.parse_args(argv)
+    check_shared_args(args)
+    if (args.prompts_file is None) == (args.dataset_name is None):
+        raise ValueError("give the prompts with exactly one of --prompts_file or --dataset_name.")
+    t = args.student_timesteps
+    if any(b >= a for a, b in zip(t, t[1:])) or not 0 < t[-1] <= t[0] < 1000:
+        raise ValueError(f"--student_timesteps must fall within 1..999, the first the noisiest, got {t}.")
+    if not 0 <= args.min_score_timestep <= args.max_score_timestep < 1000:
+        raise ValueError("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 999.")
+    return args
+
+
+def load_prompts(args):
+    """The training prompts, from --prompts_file or --dataset_name; an error sentence when there are none."""
+    if args.dataset_name:
+        from datasets import load_dataset
+
+        try:
+            prompts = load_dataset(args.dataset_name, split=args.dataset_split)[args.prompt_column]
+        except Exception as error:  # datasets raises many types for a missing dataset, split or column
+            raise ValueError(f"cannot read the column {args.prompt_column!r} of the dataset {args.dataset_name!r} ({error}).") from None
+        source = args.dataset_name
+    else:
+        path, extension = args.prompts_file, os.path.splitext(args.prompts_file)[1].lower()
+        if extension not in PROMPT_FILE_TYPES:
+            raise ValueError(f"--prompts_file must be one of {', '.join(PROMPT_FILE_TYPES)}, got {path!r}.")
+        if not os.path.isfile(path):
+            raise ValueError(f"the prompts file {path!r} does not exist.")
+        with open(path, newline="", encoding="utf-8") as f:
+            if extension == ".txt":
+                prompts = f.read().splitlines()
+            elif extension == ".csv":
+                prompts = [row.get(args.prompt_column) for row in csv.DictReader(f)]
+            else:
+                prompts = [json.loads(line).get(args.prompt_column) for line in f if line.strip()]
+        source = path
+    prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+    if not prompts:
+        raise ValueError(f"{source!r} holds no prompts: give one prompt per line (or a {args.prompt_column!r} column).")
+    return prompts
+
+
+def load_models(args, device, dtype):
+    """The frozen UNet, VAE, both text encoders with their tokenizers, the noise schedule, and the reward."""
+    path = args.pretrained_model_name_or_path
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
+        text_encoders = [
+            CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype),
+            CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", torch_dtype=dtype),
+        ]
+        tokenizers = [AutoTokenizer.from_pretrained(path, subfolder=name) for name in ("tokenizer", "tokenizer_2")]
+        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+    except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
+        raise ValueError(f"cannot load an SDXL pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable.") from None
+    vae_source, subfolder = (args.pretrained_vae_model_name_or_path, None) if args.pretrained_vae_model_name_or_path else (path, "vae")
+    try:
+        vae = AutoencoderKL.from_pretrained(vae_source, subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError):
+        raise ValueError(f"cannot load the VAE {vae_source!r}: not on disk and the Hub cannot be reached.") from None
+    reward = load_reward(args.reward, args.reward_model_name_or_path, device)
+    return unet, vae, text_encoders, tokenizers, scheduler, reward
+
+
+@torch.no_grad()
+def encode_prompts(prompts, text_encoders, tokenizers):
+    """SDXL's conditioning: both encoders' penultimate hidden states side by side, and the second encoder's
+    pooled projection."""
+    hidden_states = []
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        output = encoder(ids.to(encoder.device), output_hidden_states=True)
+        hidden_states.append(output.hidden_states[-2])
+    return torch.cat(hidden_states, dim=-1), output[0]
+
+
+def predict_x0(model, adapter, x_t, t, condition, schedule):
+    """Clean estimate (float64 inside, Eq. of ``ddpm_x0``) from the UNet with ``adapter`` active (None: the
+    real teacher). ``condition``: (prompt embeddings, pooled embeddings, time ids), one row per sample."""
+    use_adapter(model, adapter)
+    prompt_embeds, pooled, time_ids = condition
+    output = model(x_t, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    return ddpm_x0(x_t, output, schedule.alphas_cumprod, t, schedule.config.prediction_type)
+
+
+def student_input(model, condition, schedule, student_timesteps, num_steps, shape, device):
+    """DMD2's backward simulation: the student's first ``num_steps`` steps from pure noise without grad
+    (predict x0, re-noise it to the next timestep with fresh noise); returns the input of the next step."""
+    x = torch.randn(shape, device=device)
+    with torch.no_grad():
+        for i in range(num_steps):
+            t = torch.full((shape[0],), student_timesteps[i], device=device, dtype=torch.long)
+            x0 = predict_x0(model, STUDENT, x.to(model.dtype), t, condition, schedule)
+            x = ddpm_add_noise(x0, torch.randn_like(x0), schedule.alphas_cumprod, torch.full_like(t, student_timesteps[i + 1]))
+    return x
+
+
+@torch.no_grad()
+def to_images(latents, vae, resolution=None):
+    """Latents to images in [0, 1] (the VAE decodes one image at a time: ``enable_slicing``), resized to
+    ``resolution`` if given."""
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    images = (images.float() / 2 + 0.5).clamp(0, 1)
+    if resolution is not None and images.shape[-1] != resolution:
+        images = F.interpolate(images, size=(resolution, resolution), mode="bicubic", antialias=True).clamp(0, 1)
+    return images
+
+
+def main(args):
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+        # The student's backward leaves the fake adapter without grads and vice versa.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed, device_specific=True)  # each process draws its own prompts and noise
+    weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    # ------------------------------------------------------------------ models: one base, two adapters
+    try:
+        prompts = load_prompts(args)
+        unet, vae, text_encoders, tokenizers, schedule, reward = load_models(args, accelerator.device, weight_dtype)
+    except ValueError as error:
+        sys.exit(f"train_amd_sdxl.py: {error}")
+    for module in (vae, *text_encoders):
+        module.requires_grad_(False).to(accelerator.device).eval()
+    vae.enable_slicing()
+    schedule.alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
+    unet.to(accelerator.device).eval()
+    lora_alpha = args.lora_alpha or args.lora_rank
+    adapter_params = add_student_and_fake_adapters(unet, LORA_TARGET_MODULES, args.lora_rank, lora_alpha)
+    for params in adapter_params.values():
+        for p in params:
+            p.data = p.data.float()  # trainable weights in float32 under mixed precision
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------ optimizers
+    try:
+        optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
+    except ValueError as error:
+        sys.exit(f"train_amd_sdxl.py: {error}")
+    unet, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE] = accelerator.prepare(
+        unet, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE]
+    )
+    # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
+    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
+    model = accelerator.unwrap_model(unet)
+    # Checkpoints hold the two adapters, not the base, and the student in diffusers' LoRA format.
+    register_adapter_checkpoint_hooks(accelerator, model, save_extra=lambda folder: save_student_lora(folder, model, args, lora_alpha))
+
+    # ------------------------------------------------------------------ resume
+    global_step = resume(accelerator, args)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("amd-sdxl", config={k: str(v) for k, v in vars(args).items()})
+    validation_prompts = args.validation_prompts or prompts[:4]
+    latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+    shape = (args.train_batch_size, model.config.in_channels, latent_size, latent_size)
+    num_groups = args.train_batch_size // args.group_size
+    time_ids = torch.tensor([args.resolution, args.resolution, 0, 0, args.resolution, args.resolution], device=accelerator.device)
+    time_ids = time_ids.to(weight_dtype).repeat(args.train_batch_size, 1)  # original size, crop, target size
+    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
+
+    # ------------------------------------------------------------------ training loop (Algorithm 1)
+    step_seconds = {"with a student update": [], "fake update only": []}  # wall time of each step
+    while global_step < args.max_train_steps:
+        step_start = time.perf_counter()
+        student_turn = global_step % args.fake_update_ratio == 0
+        logs = {}
+
+        # 1. K samples per prompt, the text encoded once for every network; the student runs one of its steps.
+        batch_prompts = [prompts[i] for i in torch.randint(0, len(prompts), (num_groups,)).tolist() for _ in range(args.group_size)]
+        prompt_embeds, pooled = encode_prompts(batch_prompts, text_encoders, tokenizers)
+        condition = (prompt_embeds, pooled, time_ids)
+        step_index = torch.randint(0, len(args.student_timesteps), ()).item()  # one student step per batch
+        x_in = student_input(model, condition, schedule, args.student_timesteps, step_index, shape, accelerator.device)
+        t_student = torch.full((shape[0],), args.student_timesteps[step_index], device=accelerator.device, dtype=torch.long)
+        with torch.set_grad_enabled(student_turn):
+            x = predict_x0(unet if student_turn else model, STUDENT, x_in.to(weight_dtype), t_student, condition, schedule)
+
+        # 2. Reward-aware diagnosis (Eq. 12): rewards of the decoded samples, advantages within each group.
+        rewards = reward(to_images(x.detach(), vae, args.reward_resolution), batch_prompts).float()
+        advantages = group_advantages(rewards, args.group_size)
+
+        # 3. Student update: re-noise, score with real (cond / zero-uncond) and fake teachers, compose (Eqs. 7-10).
+        if student_turn:
+            t = torch.randint(args.min_score_timestep, args.max_score_timestep + 1, (shape[0],), device=accelerator.device)
+            x_t = ddpm_add_noise(x.detach(), torch.randn_like(x), schedule.alphas_cumprod, t).to(weight_dtype)
+            with torch.no_grad():
+                if args.real_guidance_scale != 1:  # unconditional: all-zero text embeddings (DMD2's SDXL)
+                    both = (torch.cat([prompt_embeds, torch.zeros_like(prompt_embeds)]), torch.cat([pooled, torch.zeros_like(pooled)]), time_ids.repeat(2, 1))
+                    x0_real_cond, x0_real_uncond = predict_x0(model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), both, schedule).chunk(2)
+                else:
+                    x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, condition, schedule)
+                x0_fake = predict_x0(model, FAKE, x_t, t, condition, schedule)
+            loss = student_loss(x, x0_real_cond, x0_real_uncond, x0_fake, advantages, args.operator, args.real_guidance_scale, args.sensitivity)
+            logs["grad_norm/student"] = optimizer_step(accelerator, loss, adapter_params[STUDENT], optimizers[STUDENT], lr_schedulers[STUDENT], args.max_grad_norm)
+            logs["loss/student"] = loss.detach().item()
+
+        # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
+        sample = x.detach()
+        t = torch.randint(args.min_score_timestep, args.max_score_timestep + 1, (shape[0],), device=accelerator.device)
+        noise = torch.randn_like(sample)
+        use_adapter(model, FAKE)
+        noisy = ddpm_add_noise(sample, noise, schedule.alphas_cumprod, t).to(weight_dtype)
+        output = unet(noisy, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        target = ddpm_model_target(sample, noise, schedule.alphas_cumprod, t, schedule.config.prediction_type)
+        fake_loss = weighted_denoising_loss(output, target, fake_sample_weights(advantages, args.sharpen))
+        logs["grad_norm/fake"] = optimizer_step(accelerator, fake_loss, adapter_params[FAKE], optimizers[FAKE], lr_schedulers[FAKE], args.max_grad_norm)
+
+        global_step += 1
+        progress_bar.update(1)
+        logs.update({
+            "loss/fake": fake_loss.detach().item(),
+            "reward/mean": rewards.mean().item(),
+            "reward/std": rewards.std().item(),
+            "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
+            "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
+            "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
+        })  # fmt: skip
+        step_kind = "with a student update" if student_turn else "fake update only"
+        step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
+        progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
+        accelerator.log(logs, step=global_step)
+
+        if global_step % args.checkpointing_steps == 0:
+            logger.info(f"Saved state to {save_checkpoint(accelerator, args, global_step)}")
+        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
+            log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule, args, validation_prompts, global_step)
+
+    # ------------------------------------------------------------------ outputs
+    logger.info(f"Median step time: {step_time_report(step_seconds, accelerator.device)}", main_process_only=False)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_outputs(args, model, lora_alpha)
+        if args.push_to_hub:
+            repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
+            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+    accelerator.end_training()
+
+
+@torch.no_grad()
+def log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule, args, prompts, global_step):
+    """Student samples for fixed seeds, in its own steps: a grid PNG in the output folder and the trackers."""
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # validation must not shift the training's random stream
+        torch.manual_seed(args.seed)
+        prompt_embeds, pooled = encode_prompts(prompts, text_encoders, tokenizers)
+        time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * len(prompts))
+        condition = (prompt_embeds, pooled, time_ids.to(accelerator.device, prompt_embeds.dtype))
+        latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+        shape = (len(prompts), model.config.in_channels, latent_size, latent_size)
+        last = len(args.student_timesteps) - 1
+        x_in = student_input(model, condition, schedule, args.student_timesteps, last, shape, accelerator.device)
+        t = torch.full((len(prompts),), args.student_timesteps[last], device=accelerator.device, dtype=torch.long)
+        images = to_images(predict_x0(model, STUDENT, x_in.to(model.dtype), t, condition, schedule), vae)
+    return save_and_log_grid(accelerator, images, args.output_dir, global_step, columns=4)
+
+
+def save_student_lora(folder, model, args, lora_alpha):
+    """``pytorch_lora_weights.safetensors`` for ``StableDiffusionXLPipeline.load_lora_weights``: the student
+    adapter with its LoRA config in the metadata. The keys stay in peft's format: diffusers'
+    ``convert_state_dict_to_diffusers`` renames only the attention keys, and the loader, seeing peft keys
+    first, then drops the renamed ones."""
+    config = LoraConfig(r=args.lora_rank, lora_alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=lora_state_dict(model, STUDENT), unet_lora_adapter_metadata=config.to_dict()
+    )
+
+
+def save_outputs(args, model, lora_alpha):
+    """The student LoRA and a model card with the 4-step loading snippet."""
+    save_student_lora(args.output_dir, model, args, lora_alpha)
+    validation_dir = os.path.join(args.output_dir, "validation")
+    validation = sorted(os.listdir(validation_dir), key=lambda f: int(f[5:-4])) if os.path.isdir(validation_dir) else []
+    steps = len(args.student_timesteps)
+    write_model_card(
+        args.output_dir,
+        base_model=args.pretrained_model_name_or_path,
+        title=f"{os.path.basename(os.path.normpath(args.output_dir))}: {steps}-step SDXL LoRA distilled with AMD",
+        description=(
+            f"A {steps}-step LoRA student of `{args.pretrained_model_name_or_path}` trained with Adaptive Matching "
+            f"Distillation (operator `{args.operator}`, reward `{args.reward}`). Sample it with `LCMScheduler` at "
+            "the student's timesteps and no guidance, as DMD2's LoRA is sampled."
+        ),
+        usage=(
+            "import torch\n"
+            "from diffusers import LCMScheduler, StableDiffusionXLPipeline\n\n"
+            f'pipe = StableDiffusionXLPipeline.from_pretrained("{args.pretrained_model_name_or_path}", torch_dtype=torch.float16).to("cuda")\n'
+            f'pipe.load_lora_weights("{args.hub_model_id or args.output_dir}")\n'
+            "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)\n"
+            f'image = pipe("a photo of a cat", num_inference_steps={steps}, timesteps={args.student_timesteps}, guidance_scale=0).images[0]'
+        ),
+        settings={
+            "operator": args.operator, "sensitivity": args.sensitivity, "sharpen": args.sharpen,
+            "group_size": args.group_size, "real_guidance_scale": args.real_guidance_scale,
+            "student_timesteps": args.student_timesteps, "reward": args.reward, "resolution": args.resolution,
+            "max_train_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
+            "learning_rate": args.learning_rate, "lora_rank": args.lora_rank,
+        },  # fmt: skip
+        images=[f"validation/{validation[-1]}"] if validation else [],
+        tags=["stable-diffusion-xl", "text-to-image", "lora"],
+    )
+
+
+if __name__ == "__main__":
+    try:
+        arguments = parse_args()
+    except ValueError as error:
+        sys.exit(f"train_amd_sdxl.py: {error}")
+    main(arguments)
