@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""Step time and peak memory of the trainers at full model size, with random weights (no download).
+
+    python benchmarks/benchmark_step.py --model sdxl          # SDXL at 1024 px + HPSv2 (ViT-H-14), bf16, CUDA
+    python benchmarks/benchmark_step.py --model sit           # SiT-XL/2 + sd-vae-ft-ema + DINOv2-L, bf16, CUDA
+    python benchmarks/benchmark_step.py --model sdxl --tiny   # the same path with tiny models, on CPU
+
+Builds every network from its published configuration with random weights in a temporary folder (CLIP's
+real BPE vocabulary comes from open_clip's package), runs ``accelerate launch train_<model>.py`` for a few
+steps with each operator, and prints the median step times and peak GPU memory the trainer reports (after
+its first steps, which warm up), their AMD / DMD ratio, and the memory of this design (one frozen network
+with two LoRA adapters) against DMD2's (a frozen teacher and two fully trained copies), from parameter
+counts on the meta device.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiTTransformer2DModel,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    BitImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from amd_utils.lora import add_student_and_fake_adapters  # noqa: E402
+from amd_utils.sit import save_sit_pipeline  # noqa: E402
+
+# Published configurations (full) and the smallest that exercise the same code (tiny).
+CONFIGS = {
+    "sit": {  # SiT-XL/2 at 256 px (DiT-XL/2's network), stabilityai/sd-vae-ft-ema, facebook/dinov2-large-imagenet1k-1-layer
+        "full": {
+            "transformer": dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000, norm_eps=1e-6),
+            "vae": dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, scaling_factor=0.18215),
+            "reward": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, patch_size=14, image_size=518, num_labels=1000),
+            "reward_size": (256, 224),
+        },
+        "tiny": {
+            "transformer": dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_eps=1e-6),
+            "vae": dict(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4, scaling_factor=0.18215),
+            "reward": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, patch_size=2, image_size=16, num_labels=10),
+            "reward_size": (16, 16),
+        },
+    },
+    "sdxl": {  # stabilityai/stable-diffusion-xl-base-1.0 (UNet, VAE, CLIP ViT-L and bigG text encoders)
+        "full": {
+            "unet": dict(addition_embed_type="text_time", addition_time_embed_dim=256, attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], projection_class_embeddings_input_dim=2816, sample_size=128, transformer_layers_per_block=[1, 2, 10], use_linear_projection=True),
+            "vae": dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=1024, scaling_factor=0.13025),
+            "text_encoder": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu"),
+            "text_encoder_2": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, projection_dim=1280, hidden_act="gelu"),
+            "resolution": 1024,
+        },
+        "tiny": {
+            "unet": dict(addition_embed_type="text_time", addition_time_embed_dim=8, attention_head_dim=(2, 4), block_out_channels=(32, 64), cross_attention_dim=64, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), projection_class_embeddings_input_dim=80, sample_size=8, transformer_layers_per_block=(1, 2), use_linear_projection=True, norm_num_groups=1),
+            "vae": dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, sample_size=16),
+            "text_encoder": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
+            "text_encoder_2": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
+            "resolution": 16,
+        },
+    },
+}  # fmt: skip
+
+
+def random_weights(module, device):
+    """Materialize a module built on the meta device with N(0, 0.02) weights (speed and memory, not quality)."""
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0, 0.02)
+    return module.to(torch.bfloat16 if device == "cuda" else torch.float32)
+
+
+def clip_tokenizer(folder):
+    """CLIP's tokenizer, written from the BPE vocabulary open_clip ships (no download)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    bpe = SimpleTokenizer()
+    vocab = {token: i for token, i in bpe.encoder.items() if i < 49406} | {"<|startoftext|>": 49406, "<|endoftext|>": 49407}
+    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
+
+
+def build(model, size, folder, device):
+    """The model folder and the reward the trainer reads; returns the trainer's model-specific flags."""
+    config = CONFIGS[model][size]
+    if model == "sit":
+        with torch.device("meta"):
+            transformer, vae = DiTTransformer2DModel(**config["transformer"]), AutoencoderKL(**config["vae"])
+            reward = Dinov2ForImageClassification(Dinov2Config(**config["reward"]))
+        transformer, vae = random_weights(transformer, device), random_weights(vae, device)
+        save_sit_pipeline(os.path.join(folder, "model"), transformer, FlowMatchEulerDiscreteScheduler(), vae=vae)
+        random_weights(reward, device).float().save_pretrained(os.path.join(folder, "reward"))
+        resize, crop = config["reward_size"]
+        BitImageProcessor(
+            size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop},
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        ).save_pretrained(os.path.join(folder, "reward"))  # fmt: skip
+        return ["--reward", "dinov2", "--reward_model_name_or_path", os.path.join(folder, "reward")]
+
+    tokenizer = clip_tokenizer(os.path.join(folder, "vocab"))
+    text_configs = [CLIPTextConfig(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **config[name]) for name in ("text_encoder", "text_encoder_2")]
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(**config["unet"]), AutoencoderKL(**config["vae"])
+        text_encoder, text_encoder_2 = CLIPTextModel(text_configs[0]), CLIPTextModelWithProjection(text_configs[1])
+    StableDiffusionXLPipeline(
+        vae=random_weights(vae, device), text_encoder=random_weights(text_encoder, device),
+        text_encoder_2=random_weights(text_encoder_2, device), tokenizer=tokenizer, tokenizer_2=tokenizer,
+        unet=random_weights(unet, device), scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    ).save_pretrained(os.path.join(folder, "model"))  # fmt: skip
+    with open(os.path.join(folder, "prompts.txt"), "w") as f:
+        f.write("a photo of a cat\na watercolor of a lighthouse at dawn\n")
+    flags = ["--prompts_file", os.path.join(folder, "prompts.txt"), "--resolution", str(config["resolution"])]
+    if size == "tiny":  # a tiny CLIP reward; the full run scores with HPSv2's ViT-H-14
+        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+        clip_config = CLIPConfig(text_config={**config["text_encoder"], "vocab_size": 49408}, vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, projection_dim=8)  # fmt: skip
+        CLIPModel(clip_config).save_pretrained(os.path.join(folder, "reward"))
+        image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(os.path.join(folder, "reward"))
+        return flags + ["--reward", "clip", "--reward_model_name_or_path", os.path.join(folder, "reward"), "--reward_resolution", "32"]
+    import open_clip
+
+    with torch.device("meta"):
+        hps = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
+    torch.save({"state_dict": random_weights(hps, device).float().state_dict()}, os.path.join(folder, "hps.pt"))
+    return flags + ["--reward", "hpsv2", "--reward_model_name_or_path", os.path.join(folder, "hps.pt"), "--gradient_checkpointing"]
+
+
+def run_trainer(model, folder, flags, operator, args):
+    """One short run; returns the trainer's closing 'Median step time: ...' report."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
+        os.path.join(REPO, f"train_amd_{model}.py"), "--pretrained_model_name_or_path", os.path.join(folder, "model"), *flags,
+        "--operator", operator, "--output_dir", os.path.join(folder, f"out-{operator}"), "--max_train_steps", str(args.steps),
+        "--train_batch_size", str(args.train_batch_size), "--group_size", str(args.group_size), "--lora_rank", str(args.lora_rank),
+        "--validation_steps", str(args.steps + 1), "--checkpointing_steps", str(args.steps + 1), "--report_to", "none",
+        "--mixed_precision", "no" if args.tiny else "bf16", "--allow_tf32",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    found = re.search(r"Median step time: (.*)", result.stdout + result.stderr)
+    if result.returncode != 0 or not found:
+        raise SystemExit(f"the {operator} run failed:\n{result.stderr[-3000:]}")
+    return found.group(1).strip()
+
+
+def memory_budget(model, size, lora_rank):
+    """(base parameters, adapter parameters, GiB of this design, GiB of DMD2's): bf16 frozen weights
+    (2 bytes a parameter); a trained parameter in fp32 with its gradient and two Adam moments (16 bytes)."""
+    import importlib
+
+    with torch.device("meta"):
+        config = CONFIGS[model][size]
+        network = DiTTransformer2DModel(**config["transformer"]) if model == "sit" else UNet2DConditionModel(**config["unet"])
+    base = sum(p.numel() for p in network.parameters())
+    targets = importlib.import_module(f"train_amd_{model}").LORA_TARGET_MODULES
+    lora = sum(p.numel() for params in add_student_and_fake_adapters(network, targets, lora_rank).values() for p in params)
+    return base, lora, (2 * base + 16 * lora) / 2**30, (2 * base + 2 * 16 * base) / 2**30
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), default="sdxl")
+    parser.add_argument("--tiny", action="store_true", help="Tiny models on CPU (checks the path, times nothing real).")
+    parser.add_argument("--steps", type=int, default=12, help="Training steps per operator (the first ones warm up).")
+    parser.add_argument("--train_batch_size", type=int, default=None, help="Default: 4 (sdxl), 32 (sit).")
+    parser.add_argument("--group_size", type=int, default=4)
+    parser.add_argument("--lora_rank", type=int, default=None, help="Default: 64 (sdxl), 32 (sit).")
+    parser.add_argument("--operators", nargs="+", default=["dmd", "amd"])
+    args = parser.parse_args()
+    args.train_batch_size = args.train_batch_size or (4 if args.model == "sdxl" else 32)
+    args.lora_rank = args.lora_rank or (64 if args.model == "sdxl" else 32)
+    device = "cpu" if args.tiny else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("the full-size benchmark needs a CUDA GPU: run it with --tiny on CPU.")
+    size = "tiny" if args.tiny else "full"
+    with tempfile.TemporaryDirectory() as folder:
+        flags = build(args.model, size, folder, device)
+        if device == "cuda":
+            torch.cuda.empty_cache()  # the built networks are gone: leave the GPU to the trainer
+        reports = {operator: run_trainer(args.model, folder, flags, operator, args) for operator in args.operators}
+    for operator, report in reports.items():
+        print(f"{operator}: {report}", flush=True)
+    if {"dmd", "amd"} <= reports.keys():
+        times = {op: [float(s) for s in re.findall(r"([\d.]+) s ", reports[op])] for op in ("dmd", "amd")}
+        print("amd / dmd step time: " + ", ".join(f"{a / d:.3f}" for a, d in zip(times["amd"], times["dmd"])))
+    base, lora, ours, dmd2 = memory_budget(args.model, size, args.lora_rank)
+    print(f"base network {base / 1e6:.1f} M parameters, student + fake LoRA (rank {args.lora_rank}) {lora / 1e6:.1f} M")
+    print(f"weights + gradients + Adam: one frozen base with two adapters {ours:.2f} GiB; DMD2's frozen teacher + two trained copies {dmd2:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
