@@ -18,16 +18,13 @@ also updates the student. The output folder holds ``pytorch_lora_weights.safeten
 import argparse
 import csv
 import json
-import logging
 import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from tqdm.auto import tqdm
@@ -44,11 +41,13 @@ from amd_utils.training import (
     add_optimization_arguments,
     add_output_arguments,
     check_shared_args,
+    make_accelerator,
     make_optimizers,
     optimizer_step,
     register_adapter_checkpoint_hooks,
     resume,
     save_checkpoint,
+    step_logs,
     step_time_report,
 )
 
@@ -195,20 +194,8 @@ def to_images(latents, vae, resolution=None):
 
 
 def main(args):
-    logging_dir = os.path.join(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
-        # The student's backward leaves the fake adapter without grads and vice versa.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    accelerator, weight_dtype = make_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
-    set_seed(args.seed, device_specific=True)  # each process draws its own prompts and noise
-    weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
 
     # ------------------------------------------------------------------ models: one base, two adapters
     try:
@@ -305,14 +292,7 @@ def main(args):
 
         global_step += 1
         progress_bar.update(1)
-        logs.update({
-            "loss/fake": fake_loss.detach().item(),
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item(),
-            "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
-            "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
-            "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
-        })  # fmt: skip
+        logs.update(step_logs(fake_loss, rewards, advantages, lr_schedulers))
         step_kind = "with a student update" if student_turn else "fake update only"
         step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
         progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})

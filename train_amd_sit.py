@@ -16,15 +16,12 @@ and samples in the student's steps. Convert an original SiT checkpoint with
 """
 
 import argparse
-import logging
 import os
 import sys
 import time
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import AutoencoderKL, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
 from peft import LoraConfig
 from safetensors.torch import save_file
@@ -43,11 +40,13 @@ from amd_utils.training import (
     add_optimization_arguments,
     add_output_arguments,
     check_shared_args,
+    make_accelerator,
     make_optimizers,
     optimizer_step,
     register_adapter_checkpoint_hooks,
     resume,
     save_checkpoint,
+    step_logs,
     step_time_report,
 )
 
@@ -132,20 +131,8 @@ def to_images(x, vae):
 
 
 def main(args):
-    logging_dir = os.path.join(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
-        # The student's backward leaves the fake adapter without grads and vice versa.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    accelerator, weight_dtype = make_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
-    set_seed(args.seed, device_specific=True)  # each process draws its own labels and noise
-    weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    if args.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
 
     # ------------------------------------------------------------------ models: one base, two adapters
     try:
@@ -238,14 +225,7 @@ def main(args):
 
         global_step += 1
         progress_bar.update(1)
-        logs.update({
-            "loss/fake": fake_loss.detach().item(),
-            "reward/mean": rewards.mean().item(),
-            "reward/std": rewards.std().item(),
-            "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
-            "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
-            "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
-        })  # fmt: skip
+        logs.update(step_logs(fake_loss, rewards, advantages, lr_schedulers))
         step_kind = "with a student update" if student_turn else "fake update only"
         step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
         progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})

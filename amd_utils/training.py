@@ -4,12 +4,15 @@ adapters' optimizers, adapter-only checkpoints, resuming, and the closing step-t
 What is particular to a model family (its networks, noising, sampling and outputs) stays in its trainer.
 """
 
+import logging
 import math
 import os
 import shutil
 import statistics
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save_file
 
@@ -76,6 +79,23 @@ def check_shared_args(args):
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.sensitivity < 0:
         raise ValueError(f"--sensitivity must be >= 0, got {args.sensitivity}.")
+
+
+def make_accelerator(args):
+    """The ``Accelerator`` of a run, logging set up, each process seeded apart (its own prompts or labels
+    and noise), TF32 on if asked; returns it with the dtype of the frozen weights."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        # The student's backward leaves the fake adapter without grads and vice versa.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    set_seed(args.seed, device_specific=True)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return accelerator, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
 
 
 def make_optimizers(args, adapter_params, num_processes):
@@ -173,9 +193,22 @@ def save_checkpoint(accelerator, args, global_step):
     return path
 
 
+def step_logs(fake_loss, rewards, advantages, lr_schedulers):
+    """What every step logs besides the student's loss and the gradient norms."""
+    return {
+        "loss/fake": fake_loss.detach().item(),
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item(),
+        "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
+        "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
+        "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
+    }
+
+
 def step_time_report(step_seconds, device):
-    """'0.123 s with a student update, 0.045 s fake update only' (medians), plus peak memory on CUDA."""
-    report = ", ".join(f"{statistics.median(seconds):.3f} s {kind}" for kind, seconds in step_seconds.items() if seconds)
+    """'0.123 s with a student update, 0.045 s fake update only': medians of each kind of step after its
+    first, which warms up (kept when it is the only one), plus peak memory on CUDA."""
+    report = ", ".join(f"{statistics.median(seconds[1:] or seconds):.3f} s {kind}" for kind, seconds in step_seconds.items() if seconds)
     if device.type == "cuda":
         report += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     return report

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Step time and peak memory of the trainers at full model size, with random weights (no download).
 
-    python benchmarks/benchmark_step.py --model sdxl          # SDXL at 1024 px + HPSv2 (ViT-H-14), bf16, CUDA
-    python benchmarks/benchmark_step.py --model sit           # SiT-XL/2 + sd-vae-ft-ema + DINOv2-L, bf16, CUDA
-    python benchmarks/benchmark_step.py --model sdxl --tiny   # the same path with tiny models, on CPU
+    python benchmarks/benchmark_step.py --model sdxl --device cuda   # SDXL at 1024 px + HPSv2 (ViT-H-14), bf16
+    python benchmarks/benchmark_step.py --model sit --device cuda    # SiT-XL/2 + sd-vae-ft-ema + DINOv2-L, bf16
+    python benchmarks/benchmark_step.py --model sdxl                 # the same path with tiny models, on CPU
 
 Builds every network from its published configuration with random weights in a temporary folder (CLIP's
 real BPE vocabulary comes from open_clip's package), runs ``accelerate launch train_<model>.py`` for a few
@@ -152,14 +152,14 @@ def build(model, size, folder, device):
 
 
 def run_trainer(model, folder, flags, operator, args):
-    """One short run; returns the trainer's closing 'Median step time: ...' report."""
+    """One short run; returns the trainer's closing 'Median step time: ...' report (first steps excluded)."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
         os.path.join(REPO, f"train_amd_{model}.py"), "--pretrained_model_name_or_path", os.path.join(folder, "model"), *flags,
         "--operator", operator, "--output_dir", os.path.join(folder, f"out-{operator}"), "--max_train_steps", str(args.steps),
         "--train_batch_size", str(args.train_batch_size), "--group_size", str(args.group_size), "--lora_rank", str(args.lora_rank),
         "--validation_steps", str(args.steps + 1), "--checkpointing_steps", str(args.steps + 1), "--report_to", "none",
-        "--mixed_precision", "no" if args.tiny else "bf16", "--allow_tf32",
+        "--mixed_precision", "no" if args.device == "cpu" else "bf16", "--allow_tf32",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -186,7 +186,7 @@ def memory_budget(model, size, lora_rank):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="sdxl")
-    parser.add_argument("--tiny", action="store_true", help="Tiny models on CPU (checks the path, times nothing real).")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: tiny models (checks the path, times nothing real); cuda: full size.")
     parser.add_argument("--steps", type=int, default=12, help="Training steps per operator (the first ones warm up).")
     parser.add_argument("--train_batch_size", type=int, default=None, help="Default: 4 (sdxl), 32 (sit).")
     parser.add_argument("--group_size", type=int, default=4)
@@ -195,10 +195,10 @@ def main():
     args = parser.parse_args()
     args.train_batch_size = args.train_batch_size or (4 if args.model == "sdxl" else 32)
     args.lora_rank = args.lora_rank or (64 if args.model == "sdxl" else 32)
-    device = "cpu" if args.tiny else "cuda"
+    device = args.device
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("the full-size benchmark needs a CUDA GPU: run it with --tiny on CPU.")
-    size = "tiny" if args.tiny else "full"
+        raise SystemExit("--device cuda needs a CUDA GPU: without one, run the tiny benchmark with --device cpu.")
+    size = "tiny" if device == "cpu" else "full"
     with tempfile.TemporaryDirectory() as folder:
         flags = build(args.model, size, folder, device)
         if device == "cuda":

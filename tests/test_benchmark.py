@@ -13,7 +13,7 @@ from launch import ENV, REPO
 @pytest.mark.slow
 @pytest.mark.parametrize("model, operators", [("sit", ["dmd", "amd"]), ("sdxl", ["amd"])])
 def test_tiny_benchmark_reports_step_times_and_memory(model, operators):
-    command = [sys.executable, "benchmarks/benchmark_step.py", "--model", model, "--tiny", "--steps", "3", "--operators", *operators]
+    command = [sys.executable, "benchmarks/benchmark_step.py", "--model", model, "--device", "cpu", "--steps", "3", "--operators", *operators]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for operator in operators:
