@@ -68,7 +68,7 @@ def parse_args(argv=None):
     group.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL pipeline folder or Hub id.")
     group.add_argument("--pretrained_vae_model_name_or_path", default=None, help="e.g. madebyollin/sdxl-vae-fp16-fix; default: the pipeline's vae/.")
     group.add_argument("--reward", default="hpsv2", help="hpsv2 (HPSv2.1), hpsv2.0, pickscore, clip, or 'my_module:my_function'.")
-    group.add_argument("--reward_model_name_or_path", default=None, help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.")
+    group.add_argument("--reward_model_name_or_path", "--reward_model_path", default=None, help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.")
     group.add_argument("--prompts_file", default=None, help="A .txt file (one prompt a line), or a .csv / .jsonl with a --prompt_column.")
     group.add_argument("--dataset_name", default=None, help="A datasets dataset with a --prompt_column, instead of --prompts_file.")
     group.add_argument("--dataset_split", default="train")
