@@ -146,9 +146,6 @@ def main(args):
     transformer.to(accelerator.device).eval()  # eval: DiT's label dropout stays off
     lora_alpha = args.lora_alpha or args.lora_rank
     adapter_params = add_student_and_fake_adapters(transformer, LORA_TARGET_MODULES, args.lora_rank, lora_alpha)
-    for params in adapter_params.values():
-        for p in params:
-            p.data = p.data.float()  # trainable weights in float32 under mixed precision
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
 

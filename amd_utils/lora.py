@@ -19,7 +19,7 @@ ADAPTERS = (STUDENT, FAKE)
 
 def add_student_and_fake_adapters(model, target_modules, rank, alpha=None):
     """Freeze ``model`` and inject the two adapters (B = 0, so both start as the teacher, as DMD2's fake
-    teacher and student are initialized from it). Returns ``{adapter_name: [parameters]}``."""
+    teacher and student are initialized from it), their weights in float32. Returns ``{adapter_name: [parameters]}``."""
     model.requires_grad_(False)
     for name in ADAPTERS:
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights=True)
@@ -27,7 +27,10 @@ def add_student_and_fake_adapters(model, target_modules, rank, alpha=None):
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(config, model, adapter_name=name)
     set_requires_grad(model, list(ADAPTERS), True)
-    return {name: [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n] for name in ADAPTERS}
+    params = {name: [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n] for name in ADAPTERS}
+    for p in params[STUDENT] + params[FAKE]:
+        p.data = p.data.float()  # trained in float32 whatever the base's dtype (mixed precision)
+    return params
 
 
 def use_adapter(model, name):
