@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import torch
+from safetensors.torch import load_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
@@ -42,3 +45,17 @@ def assert_fails_with_one_sentence(script, args, message, output_dir):
     assert message in last_line and last_line.startswith(f"{script}: "), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert os.listdir(output_dir) == ["keep.txt"] and (output_dir / "keep.txt").read_text() == "earlier results"
+
+
+def checkpoint_adapters(checkpoint):
+    """The two adapters' weights saved in a ``checkpoint-N`` folder."""
+    return {name: load_file(str(checkpoint / f"{name}_lora.safetensors")) for name in ("student", "fake")}
+
+
+def assert_same_adapters(checkpoint_a, checkpoint_b):
+    """Both checkpoints hold the same adapter weights, key for key (to float tolerance)."""
+    a, b = checkpoint_adapters(checkpoint_a), checkpoint_adapters(checkpoint_b)
+    for name in ("student", "fake"):
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            torch.testing.assert_close(a[name][key], b[name][key], atol=1e-6, rtol=1e-5)

@@ -8,7 +8,7 @@ from peft import LoraConfig
 from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from launch import assert_fails_with_one_sentence, launch, with_flags
+from launch import assert_fails_with_one_sentence, assert_same_adapters, launch, with_flags
 from tiny_models import tiny_clip_folder, tiny_sdxl_pipeline
 from train_amd_sdxl import LORA_TARGET_MODULES
 
@@ -68,20 +68,13 @@ def test_the_lora_loads_into_stock_sdxl_and_samples_in_4_steps(tiny, tmp_path):
     torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=1e-4)
 
 
-def _adapters(checkpoint):
-    return {name: load_file(str(checkpoint / f"{name}_lora.safetensors")) for name in ("student", "fake")}
-
-
 def test_resume_continues_at_the_right_step_with_both_adapters_and_optimizers(tiny, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch(SCRIPT, train_args(tiny, straight, "--max_train_steps", "4"))
     launch(SCRIPT, train_args(tiny, resumed, "--max_train_steps", "2"))
     result = launch(SCRIPT, train_args(tiny, resumed, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"))
     assert "Resuming from" in result.stdout + result.stderr and "checkpoint-2" in result.stdout + result.stderr
-    a, b = _adapters(straight / "checkpoint-4"), _adapters(resumed / "checkpoint-4")
-    for name in ("student", "fake"):
-        for key in a[name]:
-            torch.testing.assert_close(a[name][key], b[name][key], atol=1e-6, rtol=1e-5)
+    assert_same_adapters(straight / "checkpoint-4", resumed / "checkpoint-4")
 
 
 def test_two_process_run_completes(tiny, tmp_path):

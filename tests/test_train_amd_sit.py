@@ -10,11 +10,11 @@ from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from amd_utils.pipeline_sit import use_sit_time_embedding
-from launch import assert_fails_with_one_sentence, with_flags
-from launch import launch as launch_script
+from launch import assert_fails_with_one_sentence, assert_same_adapters, checkpoint_adapters, launch, with_flags
 from tiny_models import tiny_dinov2_classifier, tiny_sit_pipeline
 
 pytestmark = pytest.mark.slow
+SCRIPT = "train_amd_sit.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,9 @@ def train_args(tiny, output_dir, *extra):
     ]  # fmt: skip
 
 
-def launch(args, num_processes=1):
-    return launch_script("train_amd_sit.py", args, num_processes)
-
-
 def test_trains_saves_and_the_output_loads_and_samples(tiny, tmp_path):
     out = tmp_path / "out"
-    launch(train_args(tiny, out, "--max_train_steps", "6", "--validation_steps", "3", "--checkpointing_steps", "3"))
+    launch(SCRIPT, train_args(tiny, out, "--max_train_steps", "6", "--validation_steps", "3", "--checkpointing_steps", "3"))
     for path in ("model_index.json", "pipeline_sit.py", "transformer", "scheduler", "student_lora/adapter_model.safetensors",
                  "student_lora/adapter_config.json", "README.md", "validation/step-6.png", "checkpoint-6/fake_lora.safetensors"):  # fmt: skip
         assert (out / path).exists(), path
@@ -61,31 +57,24 @@ def test_trains_saves_and_the_output_loads_and_samples(tiny, tmp_path):
     torch.testing.assert_close(base(x, timestep=t, class_labels=y).sample, merged(x, timestep=t, class_labels=y).sample, atol=1e-5, rtol=1e-4)
 
 
-def _adapters(checkpoint):
-    return {name: load_file(str(checkpoint / f"{name}_lora.safetensors")) for name in ("student", "fake")}
-
-
 def test_resume_continues_at_the_right_step_with_both_adapters_and_optimizers(tiny, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ("--validation_steps", "100", "--checkpointing_steps", "3")
-    launch(train_args(tiny, straight, "--max_train_steps", "6", *common))
-    launch(train_args(tiny, resumed, "--max_train_steps", "3", *common))
-    result = launch(train_args(tiny, resumed, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *common))
+    launch(SCRIPT, train_args(tiny, straight, "--max_train_steps", "6", *common))
+    launch(SCRIPT, train_args(tiny, resumed, "--max_train_steps", "3", *common))
+    result = launch(SCRIPT, train_args(tiny, resumed, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", *common))
     assert "Resuming from" in result.stdout + result.stderr and "checkpoint-3" in result.stdout + result.stderr
     assert sorted(os.listdir(resumed)).count("checkpoint-6") == 1
     # 3 + 3 steps after a resume land exactly where 6 uninterrupted steps do: adapters, Adam moments,
     # schedulers and random state were all restored (a fresh optimizer would take different steps).
-    a, b = _adapters(straight / "checkpoint-6"), _adapters(resumed / "checkpoint-6")
-    for name in ("student", "fake"):
-        assert a[name].keys() == b[name].keys()
-        for key in a[name]:
-            torch.testing.assert_close(a[name][key], b[name][key], atol=1e-6, rtol=1e-5)
-    assert any(not torch.equal(v, _adapters(resumed / "checkpoint-3")["student"][k]) for k, v in b["student"].items())
+    assert_same_adapters(straight / "checkpoint-6", resumed / "checkpoint-6")
+    student_3, student_6 = (checkpoint_adapters(resumed / f"checkpoint-{step}")["student"] for step in (3, 6))
+    assert any(not torch.equal(v, student_3[k]) for k, v in student_6.items())
 
 
 def test_two_process_run_completes(tiny, tmp_path):
     out = tmp_path / "out"
-    result = launch(train_args(tiny, out, "--max_train_steps", "4", "--validation_steps", "4", "--checkpointing_steps", "2"), num_processes=2)
+    result = launch(SCRIPT, train_args(tiny, out, "--max_train_steps", "4", "--validation_steps", "4", "--checkpointing_steps", "2"), num_processes=2)
     assert "Num processes: 2" in result.stdout + result.stderr
     assert (out / "checkpoint-4/random_states_1.pkl").exists() and (out / "model_index.json").exists()
 
@@ -107,4 +96,4 @@ def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(tiny, tmp_pa
     out.mkdir()
     (out / "keep.txt").write_text("earlier results")
     args = with_flags(train_args(tiny, out, "--max_train_steps", "2"), change)
-    assert_fails_with_one_sentence("train_amd_sit.py", args, message, out)
+    assert_fails_with_one_sentence(SCRIPT, args, message, out)
