@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import sys
 import time
 
 import torch
@@ -35,15 +34,16 @@ from amd_utils.images import save_and_log_grid
 from amd_utils.lora import FAKE, STUDENT, add_student_and_fake_adapters, lora_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import ddpm_add_noise, ddpm_model_target, ddpm_x0
-from amd_utils.rewards import load_reward
+from amd_utils.rewards import load_reward, score
 from amd_utils.training import (
+    AdapterUpdates,
     add_amd_arguments,
     add_optimization_arguments,
     add_output_arguments,
+    check_pipeline,
     check_shared_args,
+    exit_bad_input,
     make_accelerator,
-    make_optimizers,
-    optimizer_step,
     register_adapter_checkpoint_hooks,
     resume,
     save_checkpoint,
@@ -52,6 +52,7 @@ from amd_utils.training import (
 )
 
 logger = get_logger(__name__)
+SCRIPT = os.path.basename(__file__)
 
 # What diffusers' SDXL LoRA distillation (LCM-LoRA) adapts: attention, feed-forward, resnet convolutions and
 # the time embedding projections.
@@ -63,11 +64,11 @@ PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Adaptive Matching Distillation for SDXL (4-step LoRA student).")
+    parser = argparse.ArgumentParser(prog=SCRIPT, description="Adaptive Matching Distillation for SDXL (4-step LoRA student).")
     group = parser.add_argument_group("models, reward and prompts")
     group.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL pipeline folder or Hub id.")
     group.add_argument("--pretrained_vae_model_name_or_path", default=None, help="e.g. madebyollin/sdxl-vae-fp16-fix; default: the pipeline's vae/.")
-    group.add_argument("--reward", default="hpsv2", help="hpsv2 (HPSv2.1), hpsv2.0, pickscore, clip, or 'my_module:my_function'.")
+    group.add_argument("--reward", default="hpsv2", help="hpsv2 (HPSv2.1), hpsv2.0, pickscore, clip, 'my_module:my_function', or 'none' (plain DMD with --operator dmd --no_sharpen: nothing decoded or scored).")
     group.add_argument("--reward_model_name_or_path", "--reward_model_path", default=None, help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.")
     group.add_argument("--prompts_file", default=None, help="A .txt file (one prompt a line), or a .csv / .jsonl with a --prompt_column.")
     group.add_argument("--dataset_name", default=None, help="A datasets dataset with a --prompt_column, instead of --prompts_file.")
@@ -84,16 +85,21 @@ def parse_args(argv=None):
     group.add_argument("--validation_prompts", nargs="+", default=None, help="Default: the first 4 training prompts.")
     add_optimization_arguments(parser)
     add_output_arguments(parser)
-    parser.set_defaults(output_dir="sdxl-amd", train_batch_size=8)
+    # DMD2's LoRA SDXL recipe (README: "Recipe defaults"): AdamW at 5e-5 with weight decay 0.01, gradients
+    # clipped at 10, a short constant-with-warm-up schedule, LoRA rank 64 with alpha 8.
+    parser.set_defaults(
+        output_dir="sdxl-amd", train_batch_size=8, learning_rate=5e-5, adam_weight_decay=0.01, max_grad_norm=10.0,
+        lr_scheduler="constant_with_warmup", lr_warmup_steps=8, lora_rank=64, lora_alpha=8,
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    check_shared_args(args)
+    check_shared_args(parser, args)
     if (args.prompts_file is None) == (args.dataset_name is None):
-        raise ValueError("give the prompts with exactly one of --prompts_file or --dataset_name.")
+        parser.error("give the prompts with exactly one of --prompts_file or --dataset_name.")
     t = args.student_timesteps
     if any(b >= a for a, b in zip(t, t[1:])) or not 0 < t[-1] <= t[0] < 1000:
-        raise ValueError(f"--student_timesteps must fall within 1..999, the first the noisiest, got {t}.")
+        parser.error(f"--student_timesteps must fall within 1..999, the first the noisiest, got {t}.")
     if not 0 <= args.min_score_timestep <= args.max_score_timestep < 1000:
-        raise ValueError("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 999.")
+        parser.error("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 999.")
     return args
 
 
@@ -130,6 +136,7 @@ def load_prompts(args):
 def load_models(args, device, dtype):
     """The frozen UNet, VAE, both text encoders with their tokenizers, the noise schedule, and the reward."""
     path = args.pretrained_model_name_or_path
+    check_pipeline(path, {"unet": "UNet2DConditionModel", "text_encoder_2": "CLIPTextModelWithProjection"}, "an SDXL")
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype)
         text_encoders = [
@@ -138,7 +145,7 @@ def load_models(args, device, dtype):
         ]
         tokenizers = [AutoTokenizer.from_pretrained(path, subfolder=name) for name in ("tokenizer", "tokenizer_2")]
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
+    except (OSError, ValueError):  # weights missing or unreadable
         raise ValueError(f"cannot load an SDXL pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable.") from None
     vae_source, subfolder = (args.pretrained_vae_model_name_or_path, None) if args.pretrained_vae_model_name_or_path else (path, "vae")
     try:
@@ -194,41 +201,38 @@ def to_images(latents, vae, resolution=None):
 
 
 def main(args):
-    accelerator, weight_dtype = make_accelerator(args)
-    logger.info(accelerator.state, main_process_only=False)
+    """Train, write the outputs, and return the UNet that carries the trained adapters."""
+    try:  # every ValueError until the loop starts is a bad input: one sentence, exit status 2, nothing written
+        accelerator, weight_dtype = make_accelerator(args)
+        logger.info(accelerator.state, main_process_only=False)
 
-    # ------------------------------------------------------------------ models: one base, two adapters
-    try:
+        # -------------------------------------------------------------- models: one base, two adapters
         prompts = load_prompts(args)
         unet, vae, text_encoders, tokenizers, schedule, reward = load_models(args, accelerator.device, weight_dtype)
-    except ValueError as error:
-        sys.exit(f"train_amd_sdxl.py: {error}")
-    for module in (vae, *text_encoders):
-        module.requires_grad_(False).to(accelerator.device).eval()
-    vae.enable_slicing()
-    schedule.alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
-    unet.to(accelerator.device).eval()
-    lora_alpha = args.lora_alpha or args.lora_rank
-    adapter_params = add_student_and_fake_adapters(unet, LORA_TARGET_MODULES, args.lora_rank, lora_alpha)
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        for module in (vae, *text_encoders):
+            module.requires_grad_(False).to(accelerator.device).eval()
+        vae.enable_slicing()
+        schedule.alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
+        unet.to(accelerator.device).eval()
+        lora_alpha = args.lora_alpha or args.lora_rank
+        adapter_params = add_student_and_fake_adapters(unet, LORA_TARGET_MODULES, args.lora_rank, lora_alpha, args.fake_lora_rank)
+        if args.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet = accelerator.prepare(unet)
+        # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
+        # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
+        model = accelerator.unwrap_model(unet)
 
-    # ------------------------------------------------------------------ optimizers
-    try:
-        optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
+        # -------------------------------------------------------------- optimizers, checkpoints, resume
+        updates = AdapterUpdates(accelerator, model, adapter_params, args)
+        # Checkpoints hold the two adapters, not the base, and the student in diffusers' LoRA format.
+        register_adapter_checkpoint_hooks(accelerator, model, save_extra=lambda folder: save_student_lora(folder, model, args, lora_alpha))
+        global_step = resume(accelerator, args, model)
+        if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
+            grey = torch.full((args.group_size, 3, args.reward_resolution, args.reward_resolution), 0.5, device=accelerator.device)
+            score(reward, grey, prompts[:1] * args.group_size)
     except ValueError as error:
-        sys.exit(f"train_amd_sdxl.py: {error}")
-    unet, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE] = accelerator.prepare(
-        unet, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE]
-    )
-    # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
-    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
-    model = accelerator.unwrap_model(unet)
-    # Checkpoints hold the two adapters, not the base, and the student in diffusers' LoRA format.
-    register_adapter_checkpoint_hooks(accelerator, model, save_extra=lambda folder: save_student_lora(folder, model, args, lora_alpha))
-
-    # ------------------------------------------------------------------ resume
-    global_step = resume(accelerator, args)
+        exit_bad_input(SCRIPT, error)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("amd-sdxl", config={k: str(v) for k, v in vars(args).items()})
@@ -258,8 +262,11 @@ def main(args):
             x = predict_x0(unet if student_turn else model, STUDENT, x_in.to(weight_dtype), t_student, condition, schedule)
 
         # 2. Reward-aware diagnosis (Eq. 12): rewards of the decoded samples, advantages within each group.
-        rewards = reward(to_images(x.detach(), vae, args.reward_resolution), batch_prompts).float()
-        advantages = group_advantages(rewards, args.group_size)
+        if reward is None:  # plain DMD: nothing to decode or score
+            rewards, advantages = None, torch.zeros(shape[0], device=accelerator.device)
+        else:
+            rewards = score(reward, to_images(x.detach(), vae, args.reward_resolution), batch_prompts)
+            advantages = group_advantages(rewards, args.group_size)  # a non-finite reward gets advantage 0
 
         # 3. Student update: re-noise, score with real (cond / zero-uncond) and fake teachers, compose (Eqs. 7-10).
         if student_turn:
@@ -272,24 +279,27 @@ def main(args):
                 else:
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, condition, schedule)
                 x0_fake = predict_x0(model, FAKE, x_t, t, condition, schedule)
-            loss = student_loss(x, x0_real_cond, x0_real_uncond, x0_fake, advantages, args.operator, args.real_guidance_scale, args.sensitivity)
-            logs["grad_norm/student"] = optimizer_step(accelerator, loss, adapter_params[STUDENT], optimizers[STUDENT], lr_schedulers[STUDENT], args.max_grad_norm)
-            logs["loss/student"] = loss.detach().item()
+            loss = student_loss(
+                x, x0_real_cond, x0_real_uncond, x0_fake, advantages,
+                operator=args.operator, guidance_scale=args.real_guidance_scale, sensitivity=args.sensitivity,
+            )  # fmt: skip
+            logs.update(updates.step(STUDENT, loss, global_step))
 
-        # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
+        # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14), over all
+        # noise levels as DMD2 trains its fake UNet (the student is scored on [min, max] only).
         sample = x.detach()
-        t = torch.randint(args.min_score_timestep, args.max_score_timestep + 1, (shape[0],), device=accelerator.device)
+        t = torch.randint(0, schedule.config.num_train_timesteps, (shape[0],), device=accelerator.device)
         noise = torch.randn_like(sample)
         use_adapter(model, FAKE)
         noisy = ddpm_add_noise(sample, noise, schedule.alphas_cumprod, t).to(weight_dtype)
         output = unet(noisy, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
         target = ddpm_model_target(sample, noise, schedule.alphas_cumprod, t, schedule.config.prediction_type)
         fake_loss = weighted_denoising_loss(output, target, fake_sample_weights(advantages, args.sharpen))
-        logs["grad_norm/fake"] = optimizer_step(accelerator, fake_loss, adapter_params[FAKE], optimizers[FAKE], lr_schedulers[FAKE], args.max_grad_norm)
+        logs.update(updates.step(FAKE, fake_loss, global_step))
 
         global_step += 1
         progress_bar.update(1)
-        logs.update(step_logs(fake_loss, rewards, advantages, lr_schedulers))
+        logs.update(step_logs(rewards, advantages, updates.lr_schedulers))
         step_kind = "with a student update" if student_turn else "fake update only"
         step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
         progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
@@ -309,6 +319,7 @@ def main(args):
             repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
             logger.info(f"Pushed to https://huggingface.co/{repo_id}")
     accelerator.end_training()
+    return model
 
 
 @torch.no_grad()
@@ -376,8 +387,4 @@ def save_outputs(args, model, lora_alpha):
 
 
 if __name__ == "__main__":
-    try:
-        arguments = parse_args()
-    except ValueError as error:
-        sys.exit(f"train_amd_sdxl.py: {error}")
-    main(arguments)
+    main(parse_args())

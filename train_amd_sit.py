@@ -17,7 +17,6 @@ and samples in the student's steps. Convert an original SiT checkpoint with
 
 import argparse
 import os
-import sys
 import time
 
 import torch
@@ -33,16 +32,17 @@ from amd_utils.lora import FAKE, STUDENT, add_student_and_fake_adapters, lora_st
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import sample_noise_levels, sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
-from amd_utils.rewards import load_reward
+from amd_utils.rewards import load_reward, score
 from amd_utils.sit import save_sit_pipeline
 from amd_utils.training import (
+    AdapterUpdates,
     add_amd_arguments,
     add_optimization_arguments,
     add_output_arguments,
+    check_pipeline,
     check_shared_args,
+    exit_bad_input,
     make_accelerator,
-    make_optimizers,
-    optimizer_step,
     register_adapter_checkpoint_hooks,
     resume,
     save_checkpoint,
@@ -51,17 +51,18 @@ from amd_utils.training import (
 )
 
 logger = get_logger(__name__)
+SCRIPT = os.path.basename(__file__)
 
 # Attention, feed-forward and the adaLN modulation that carries time and class into every block.
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "norm1.linear"]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Adaptive Matching Distillation for SiT / DiT flow models.")
+    parser = argparse.ArgumentParser(prog=SCRIPT, description="Adaptive Matching Distillation for SiT / DiT flow models.")
     group = parser.add_argument_group("models and reward")
     group.add_argument("--pretrained_model_name_or_path", required=True, help="SiT pipeline folder or Hub id (transformer/ in DiT format).")
     group.add_argument("--vae", default=None, help="VAE for latent models (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.")
-    group.add_argument("--reward", default="dinov2", help="'dinov2' or 'my_module:my_function'.")
+    group.add_argument("--reward", default="dinov2", help="'dinov2', 'my_module:my_function', or 'none' (plain DMD with --operator dmd --no_sharpen: nothing decoded or scored).")
     group.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
     add_amd_arguments(parser)
     group = parser.add_argument_group("SiT")
@@ -74,20 +75,21 @@ def parse_args(argv=None):
     add_output_arguments(parser)
     parser.set_defaults(output_dir="sit-amd")
     args = parser.parse_args(argv)
-    check_shared_args(args)
+    check_shared_args(parser, args)
     t = args.student_timesteps
     if t[0] != 0.0 or any(b <= a for a, b in zip(t, t[1:])) or t[-1] >= 1.0:
-        raise ValueError(f"--student_timesteps must rise from 0 (pure noise) and stay below 1 (clean), got {t}.")
+        parser.error(f"--student_timesteps must rise from 0 (pure noise) and stay below 1 (clean), got {t}.")
     if not 0.0 <= args.min_score_timestep <= args.max_score_timestep <= 1.0:
-        raise ValueError("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 1.")
+        parser.error("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 1.")
     return args
 
 
 def load_models(args, device, dtype):
-    """The frozen base transformer, the VAE (None for pixel-space models) and the reward."""
+    """The frozen base transformer, the VAE (None for pixel-space models) and the reward (None for 'none')."""
+    check_pipeline(args.pretrained_model_name_or_path, {"transformer": "DiTTransformer2DModel"}, "a SiT / DiT")
     try:
         transformer = DiTTransformer2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="transformer", torch_dtype=dtype)
-    except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
+    except (OSError, ValueError):  # weights missing or unreadable
         raise ValueError(
             f"cannot load a DiT transformer from {args.pretrained_model_name_or_path!r}: give a SiT pipeline folder "
             "(see scripts/convert_sit_to_diffusers.py) or a Hub id that is reachable."
@@ -123,6 +125,7 @@ def student_input(model, class_labels, student_timesteps, num_steps, shape, devi
     return x
 
 
+@torch.no_grad()
 def to_images(x, vae):
     """Samples to images in [0, 1]: through the VAE for latent models, else pixels stored in [-1, 1]."""
     if vae is not None:
@@ -131,39 +134,36 @@ def to_images(x, vae):
 
 
 def main(args):
-    accelerator, weight_dtype = make_accelerator(args)
-    logger.info(accelerator.state, main_process_only=False)
+    """Train, write the outputs, and return the network that carries the trained adapters."""
+    try:  # every ValueError until the loop starts is a bad input: one sentence, exit status 2, nothing written
+        accelerator, weight_dtype = make_accelerator(args)
+        logger.info(accelerator.state, main_process_only=False)
 
-    # ------------------------------------------------------------------ models: one base, two adapters
-    try:
+        # -------------------------------------------------------------- models: one base, two adapters
         transformer, vae, reward = load_models(args, accelerator.device, weight_dtype)
-    except ValueError as error:
-        sys.exit(f"train_amd_sit.py: {error}")
-    num_classes = transformer.config.num_embeds_ada_norm  # class id num_classes is the null (CFG) class
-    channels, size = transformer.config.in_channels, transformer.config.sample_size
-    if vae is not None:
-        vae.requires_grad_(False).to(accelerator.device)
-    transformer.to(accelerator.device).eval()  # eval: DiT's label dropout stays off
-    lora_alpha = args.lora_alpha or args.lora_rank
-    adapter_params = add_student_and_fake_adapters(transformer, LORA_TARGET_MODULES, args.lora_rank, lora_alpha)
-    if args.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        num_classes = transformer.config.num_embeds_ada_norm  # class id num_classes is the null (CFG) class
+        channels, size = transformer.config.in_channels, transformer.config.sample_size
+        if vae is not None:
+            vae.requires_grad_(False).to(accelerator.device)
+        transformer.to(accelerator.device).eval()  # eval: DiT's label dropout stays off
+        lora_alpha = args.lora_alpha or args.lora_rank
+        adapter_params = add_student_and_fake_adapters(transformer, LORA_TARGET_MODULES, args.lora_rank, lora_alpha, args.fake_lora_rank)
+        if args.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer = accelerator.prepare(transformer)
+        # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
+        # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
+        model = accelerator.unwrap_model(transformer)
 
-    # ------------------------------------------------------------------ optimizers
-    try:
-        optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
+        # -------------------------------------------------------------- optimizers, checkpoints, resume
+        updates = AdapterUpdates(accelerator, model, adapter_params, args)
+        register_adapter_checkpoint_hooks(accelerator, model)  # checkpoints hold the two adapters, not the base
+        global_step = resume(accelerator, args, model)
+        if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
+            score(reward, to_images(torch.zeros(args.group_size, channels, size, size, device=accelerator.device), vae),
+                  torch.zeros(args.group_size, dtype=torch.long, device=accelerator.device))  # fmt: skip
     except ValueError as error:
-        sys.exit(f"train_amd_sit.py: {error}")
-    transformer, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE] = accelerator.prepare(
-        transformer, optimizers[STUDENT], optimizers[FAKE], lr_schedulers[STUDENT], lr_schedulers[FAKE]
-    )
-    # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
-    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
-    model = accelerator.unwrap_model(transformer)
-    register_adapter_checkpoint_hooks(accelerator, model)  # checkpoints hold the two adapters, not the base
-
-    # ------------------------------------------------------------------ resume
-    global_step = resume(accelerator, args)
+        exit_bad_input(SCRIPT, error)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("amd-sit", config={k: str(v) for k, v in vars(args).items()})
@@ -189,9 +189,11 @@ def main(args):
             x = predict_x0(transformer if student_turn else model, STUDENT, x_in, t_student, class_labels)
 
         # 2. Reward-aware diagnosis (Eq. 12): rewards of the decoded samples, advantages within each group.
-        with torch.no_grad():
-            rewards = reward(to_images(x.detach(), vae), class_labels).float()
-        advantages = group_advantages(rewards, args.group_size)
+        if reward is None:  # plain DMD: nothing to decode or score
+            rewards, advantages = None, torch.zeros(shape[0], device=accelerator.device)
+        else:
+            rewards = score(reward, to_images(x.detach(), vae), class_labels)
+            advantages = group_advantages(rewards, args.group_size)  # a non-finite reward gets advantage 0
 
         # 3. Student update: re-noise, score with real (cond / uncond) and fake teachers, compose (Eqs. 7-10).
         if student_turn:
@@ -206,9 +208,11 @@ def main(args):
                 else:
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, class_labels)
                 x0_fake = predict_x0(model, FAKE, x_t, t, class_labels)
-            loss = student_loss(x, x0_real_cond, x0_real_uncond, x0_fake, advantages, args.operator, args.real_guidance_scale, args.sensitivity)
-            logs["grad_norm/student"] = optimizer_step(accelerator, loss, adapter_params[STUDENT], optimizers[STUDENT], lr_schedulers[STUDENT], args.max_grad_norm)
-            logs["loss/student"] = loss.detach().item()
+            loss = student_loss(
+                x, x0_real_cond, x0_real_uncond, x0_fake, advantages,
+                operator=args.operator, guidance_scale=args.real_guidance_scale, sensitivity=args.sensitivity,
+            )  # fmt: skip
+            logs.update(updates.step(STUDENT, loss, global_step))
 
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
         sample = x.detach()
@@ -218,11 +222,11 @@ def main(args):
         use_adapter(model, FAKE)
         velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[:, :channels]
         fake_loss = weighted_denoising_loss(velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen))
-        logs["grad_norm/fake"] = optimizer_step(accelerator, fake_loss, adapter_params[FAKE], optimizers[FAKE], lr_schedulers[FAKE], args.max_grad_norm)
+        logs.update(updates.step(FAKE, fake_loss, global_step))
 
         global_step += 1
         progress_bar.update(1)
-        logs.update(step_logs(fake_loss, rewards, advantages, lr_schedulers))
+        logs.update(step_logs(rewards, advantages, updates.lr_schedulers))
         step_kind = "with a student update" if student_turn else "fake update only"
         step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
         progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
@@ -242,6 +246,7 @@ def main(args):
             repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
             logger.info(f"Pushed to https://huggingface.co/{repo_id}")
     accelerator.end_training()
+    return model
 
 
 @torch.no_grad()
@@ -300,8 +305,4 @@ def save_outputs(args, model, vae, lora_alpha, class_labels):
 
 
 if __name__ == "__main__":
-    try:
-        arguments = parse_args()
-    except ValueError as error:
-        sys.exit(f"train_amd_sit.py: {error}")
-    main(arguments)
+    main(parse_args())

@@ -17,12 +17,13 @@ STUDENT, FAKE = "student", "fake"
 ADAPTERS = (STUDENT, FAKE)
 
 
-def add_student_and_fake_adapters(model, target_modules, rank, alpha=None):
+def add_student_and_fake_adapters(model, target_modules, rank, alpha=None, fake_rank=None):
     """Freeze ``model`` and inject the two adapters (B = 0, so both start as the teacher, as DMD2's fake
-    teacher and student are initialized from it), their weights in float32. Returns ``{adapter_name: [parameters]}``."""
+    teacher and student are initialized from it), their weights in float32; the fake's rank is ``fake_rank``
+    (default ``rank``), both scaled by peft's ``alpha / rank``. Returns ``{adapter_name: [parameters]}``."""
     model.requires_grad_(False)
-    for name in ADAPTERS:
-        config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights=True)
+    for name, r in ((STUDENT, rank), (FAKE, fake_rank or rank)):
+        config = LoraConfig(r=r, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights=True)
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(config, model, adapter_name=name)

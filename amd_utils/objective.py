@@ -19,7 +19,8 @@ OPERATORS = ("dmd", "naive", "amd")
 def standardize_in_groups(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """``(r - mean_g) / (std_g + eps)`` within each group of ``group_size`` consecutive samples (the
     inside of Eq. 12), with ``std_g`` the population standard deviation. A group whose rewards are all
-    equal carries no ranking information: its values are defined as exactly 0."""
+    equal carries no ranking information: its values are defined as exactly 0. A non-finite reward (a
+    reward model that failed on a sample) gets 0 and is left out of its group's mean and std."""
     if group_size < 2:
         raise ValueError(f"group_size must be at least 2 to compare samples within a group, got {group_size}.")
     if rewards.ndim != 1:
@@ -30,10 +31,14 @@ def standardize_in_groups(rewards: torch.Tensor, group_size: int, eps: float = 1
             "make the batch size a multiple of the group size."
         )
     grouped = rewards.to(torch.promote_types(rewards.dtype, torch.float32)).reshape(-1, group_size)
-    mean = grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, unbiased=False, keepdim=True)
-    all_equal = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
-    return ((grouped - mean) / (std + eps)).masked_fill(all_equal, 0.0).reshape(-1)
+    finite = torch.isfinite(grouped)
+    count = finite.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = torch.where(finite, grouped, 0.0).sum(dim=1, keepdim=True) / count
+    std = (torch.where(finite, grouped - mean, 0.0).square().sum(dim=1, keepdim=True) / count).sqrt()
+    highest = torch.where(finite, grouped, -torch.inf).amax(dim=1, keepdim=True)
+    lowest = torch.where(finite, grouped, torch.inf).amin(dim=1, keepdim=True)
+    informative = finite & (highest > lowest)  # at least two different finite rewards in the group
+    return torch.where(informative, (grouped - mean) / (std + eps), 0.0).reshape(-1)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
@@ -144,6 +149,7 @@ def student_loss(
     x0_real_uncond: torch.Tensor,
     x0_fake: torch.Tensor,
     advantages: torch.Tensor,
+    *,
     operator: str,
     guidance_scale: float,
     sensitivity: float,

@@ -9,7 +9,7 @@ Built in:
 - ``hpsv2`` (HPSv2.1) and ``hpsv2.0``: the Human Preference Score, open_clip's ViT-H-14 with the official
   checkpoint (the paper's SDXL reward), scored as the cosine of image and prompt embeddings;
 - ``pickscore`` and ``clip``: transformers CLIP models, ``logit_scale * cosine``.
-Anything else: ``--reward my_module:my_function`` with that signature. Every model is loaded once, runs on
+Anything else: ``--reward my_module:my_function`` with that signature; ``none`` (plain DMD) scores nothing. Every model is loaded once, runs on
 tensors on ``device`` with its own preprocessing (resize the shortest edge, centre crop, normalize), and
 fails at start-up with one sentence when its weights are neither on disk nor reachable.
 """
@@ -35,6 +35,8 @@ def load_reward(name, model_name_or_path=None, device="cpu"):
     """Return the reward called ``name``: a built-in (``REWARDS``) or ``module:function``.
     ``model_name_or_path`` overrides the built-in's weights: a folder or Hub id, or for ``hpsv2`` the
     checkpoint file."""
+    if name == "none":
+        return None
     if ":" in name:
         return _import_reward(name)
     if name == "dinov2":
@@ -44,6 +46,16 @@ def load_reward(name, model_name_or_path=None, device="cpu"):
     if name in CLIP_REWARDS:
         return clip_reward(name, model_name_or_path, device)
     raise ValueError(f"unknown reward {name!r}: use one of {', '.join(REWARDS)}, or 'my_module:my_function' for your own.")
+
+
+def score(reward, images, conditions):
+    """``reward(images, conditions)`` without grad, checked to be one value per sample, detached, in float32."""
+    with torch.no_grad():
+        rewards = reward(images, conditions)
+    if not isinstance(rewards, torch.Tensor) or tuple(rewards.shape) != (len(images),):
+        got = f"shape {tuple(rewards.shape)}" if isinstance(rewards, torch.Tensor) else f"a {type(rewards).__name__}"
+        raise ValueError(f"the reward must return a tensor of shape ({len(images)},), one value per sample, but returned {got}.")
+    return rewards.detach().float()
 
 
 def _not_available(what, source, flag="--reward_model_name_or_path"):

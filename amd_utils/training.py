@@ -1,5 +1,5 @@
-"""Training plumbing the trainers share: the flags that mean the same thing in every trainer, the two
-adapters' optimizers, adapter-only checkpoints, resuming, and the closing step-time report.
+"""Training plumbing the trainers share: the flags that mean the same thing in every trainer, bad-input exits,
+the two adapters' updates, atomic adapter-only checkpoints, resuming, and the closing step-time report.
 
 What is particular to a model family (its networks, noising, sampling and outputs) stays in its trainer.
 """
@@ -7,19 +7,23 @@ What is particular to a model family (its networks, noising, sampling and output
 import logging
 import math
 import os
+import re
 import shutil
 import statistics
+import sys
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_bf16_available, set_seed
 from diffusers.optimization import get_scheduler
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .lora import ADAPTERS, FAKE, STUDENT, load_lora_state_dict, lora_state_dict
+from .lora import ADAPTERS, FAKE, STUDENT, load_lora_state_dict, lora_state_dict, use_adapter
 from .objective import OPERATORS
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # complete checkpoints; one being written is "tmp-checkpoint-N"
 
 
 def add_amd_arguments(parser):
@@ -45,9 +49,11 @@ def add_optimization_arguments(parser):
     group.add_argument("--adam_weight_decay", type=float, default=0.0)
     group.add_argument("--adam_epsilon", type=float, default=1e-8)
     group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--max_nonfinite_steps", type=int, default=10, help="Stop after this many consecutive skipped updates of one adapter (non-finite loss or gradient).")
     group.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
     group.add_argument("--lora_rank", type=int, default=32)
     group.add_argument("--lora_alpha", type=int, default=None, help="Default: --lora_rank.")
+    group.add_argument("--fake_lora_rank", type=int, default=None, help="Rank of the fake adapter (default: --lora_rank); both adapters use --lora_alpha.")
     group.add_argument("--mixed_precision", default=None, choices=["no", "bf16"], help="fp16 is not offered: its loss scaler would be shared by two optimizers.")
     group.add_argument("--gradient_checkpointing", action="store_true")
     group.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs: an fp32 reward model runs ~3x faster.")
@@ -62,28 +68,62 @@ def add_output_arguments(parser):
     group.add_argument("--validation_steps", type=int, default=200)
     group.add_argument("--checkpointing_steps", type=int, default=500)
     group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder or 'latest'.")
+    group.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder, or 'latest' in --output_dir (a fresh start when there is none).")
     group.add_argument("--push_to_hub", action="store_true")
     group.add_argument("--hub_model_id", default=None)
     group.add_argument("--hub_token", default=None)
 
 
-def check_shared_args(args):
-    """Reject bad values of the shared flags with one sentence, before anything is loaded or written."""
+def check_shared_args(parser, args):
+    """Reject bad values of the shared flags with argparse's one-sentence error (exit status 2), before
+    anything is loaded or written."""
     if args.group_size < 2:
-        raise ValueError(f"--group_size must be at least 2 to rank samples within a group, got {args.group_size}.")
+        parser.error(f"--group_size must be at least 2 to rank samples within a group, got {args.group_size}.")
     if args.train_batch_size % args.group_size != 0:
-        raise ValueError(f"--train_batch_size {args.train_batch_size} is not a multiple of --group_size {args.group_size}: make it one.")
-    for name in ("max_train_steps", "fake_update_ratio", "validation_steps", "checkpointing_steps", "lora_rank"):
+        parser.error(f"--train_batch_size {args.train_batch_size} is not a multiple of --group_size {args.group_size}: make it one.")
+    for name in ("max_train_steps", "fake_update_ratio", "validation_steps", "checkpointing_steps", "lora_rank", "max_nonfinite_steps"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.fake_lora_rank is not None and args.fake_lora_rank < 1:
+        parser.error(f"--fake_lora_rank must be at least 1, got {args.fake_lora_rank}.")
     if args.sensitivity < 0:
-        raise ValueError(f"--sensitivity must be >= 0, got {args.sensitivity}.")
+        parser.error(f"--sensitivity must be >= 0 (s of Eq. 13), got {args.sensitivity}.")
+    if args.reward == "none" and (args.operator != "dmd" or args.sharpen):
+        parser.error("--reward none leaves no advantages to use: it goes with --operator dmd --no_sharpen only.")
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir!r} is an existing file: give a folder.")
+    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
+        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder: give a checkpoint-N folder, or 'latest'.")
+
+
+def exit_bad_input(script, error):
+    """A bad input found while setting up: one sentence as argparse writes it, exit status 2, nothing written."""
+    sys.stderr.write(f"{script}: error: {error}\n")
+    sys.exit(2)
+
+
+def check_pipeline(path, components, family):
+    """Raise one sentence unless the pipeline folder or Hub id ``path`` has ``components`` ({folder: class name}):
+    catches a missing folder and a pipeline of another model family before its weights are loaded."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(path)
+    except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
+        raise ValueError(f"cannot load {family} pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable.") from None
+    pipeline_class = index.get("_class_name", "pipeline")
+    pipeline_class = pipeline_class[-1] if isinstance(pipeline_class, list) else pipeline_class  # custom: [file, class]
+    for folder, class_name in components.items():
+        found = (index.get(folder) or [None, None])[1]
+        if found != class_name:
+            raise ValueError(f"{path!r} is a {pipeline_class} whose {folder} is {found or 'missing'}, not {class_name}: give {family} pipeline.")
 
 
 def make_accelerator(args):
     """The ``Accelerator`` of a run, logging set up, each process seeded apart (its own prompts or labels
     and noise), TF32 on if asked; returns it with the dtype of the frozen weights."""
+    if args.mixed_precision == "bf16" and not is_bf16_available():
+        raise ValueError("--mixed_precision bf16 needs a device with bfloat16 support (an Ampere or newer GPU, or the CPU): use --mixed_precision no.")
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -105,7 +145,7 @@ def make_optimizers(args, adapter_params, num_processes):
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes.") from None
+            raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes, or drop the flag.") from None
         optimizer_class = bnb.optim.AdamW8bit
     else:
         optimizer_class = torch.optim.AdamW
@@ -126,14 +166,46 @@ def make_optimizers(args, adapter_params, num_processes):
     return optimizers, lr_schedulers
 
 
-def optimizer_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm):
-    """Backward, clip, step and zero one adapter's optimizer; returns the gradient norm before clipping."""
-    accelerator.backward(loss)
-    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm).item()
-    optimizer.step()
-    lr_scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+class AdapterUpdates:
+    """Both adapters' optimizers and learning-rate schedules (prepared by ``accelerator``), and the one way a
+    trainer updates an adapter: :meth:`step`. ``model`` is the unwrapped network that carries the adapters."""
+
+    def __init__(self, accelerator, model, adapter_params, args):
+        optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
+        prepared = accelerator.prepare(*optimizers.values(), *lr_schedulers.values())
+        self.optimizers = dict(zip(optimizers, prepared[: len(optimizers)]))
+        self.lr_schedulers = dict(zip(lr_schedulers, prepared[len(optimizers) :]))
+        self.accelerator, self.model, self.params, self.args = accelerator, model, adapter_params, args
+        self.skipped = dict.fromkeys(ADAPTERS, 0)  # updates skipped over the run ...
+        self.skipped_in_a_row = dict.fromkeys(ADAPTERS, 0)  # ... and since the last one taken
+
+    def step(self, name, loss, global_step):
+        """Backward ``loss`` into adapter ``name``, clip, and step its optimizer and schedule; a non-finite loss
+        (on any process) or gradient norm skips the update, leaving weights and optimizer state untouched, and
+        ``--max_nonfinite_steps`` skips in a row stop the run. Returns the step's logs for this adapter."""
+        # Gradient checkpointing recomputes the checkpointed blocks of the forward inside backward(), through
+        # whichever adapter is active then; the trainers switch adapters between a forward and its backward
+        # (real teacher, fake), so activate the one whose loss this is, or its gradient is another one's.
+        use_adapter(self.model, name)
+        self.accelerator.backward(loss)
+        grad_norm = self.accelerator.clip_grad_norm_(self.params[name], self.args.max_grad_norm)
+        loss_sum = self.accelerator.reduce(loss.detach().float(), "sum")  # the same verdict on every process
+        if torch.isfinite(grad_norm) and torch.isfinite(loss_sum):
+            self.optimizers[name].step()
+            self.lr_schedulers[name].step()
+            self.skipped_in_a_row[name] = 0
+        else:
+            self.skipped[name] += 1
+            self.skipped_in_a_row[name] += 1
+        self.optimizers[name].zero_grad(set_to_none=True)
+        if self.skipped_in_a_row[name] >= self.args.max_nonfinite_steps:
+            found = checkpoints(self.args.output_dir)
+            last = os.path.join(self.args.output_dir, found[-1]) if found else "none was saved"
+            raise SystemExit(
+                f"stopped at step {global_step + 1}: the {name} adapter's loss or gradient was not finite for "
+                f"{self.skipped_in_a_row[name]} updates in a row (--max_nonfinite_steps); the last good checkpoint: {last}."
+            )
+        return {f"loss/{name}": loss.detach().item(), f"grad_norm/{name}": grad_norm.item(), f"skipped/{name}": self.skipped[name]}
 
 
 def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
@@ -159,50 +231,84 @@ def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
     accelerator.register_load_state_pre_hook(load_model_hook)
 
 
-def _checkpoints(output_dir):
-    found = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
-    return sorted(found, key=lambda d: int(d.split("-")[1]))
+def checkpoints(output_dir):
+    """The complete ``checkpoint-N`` folders in ``output_dir``, oldest first."""
+    found = [d for d in os.listdir(output_dir) if CHECKPOINT.fullmatch(d)] if os.path.isdir(output_dir) else []
+    return sorted(found, key=lambda d: int(CHECKPOINT.fullmatch(d)[1]))
 
 
-def resume(accelerator, args):
-    """Load ``--resume_from_checkpoint`` (a folder, or 'latest' in ``--output_dir``) and return its step;
-    0 when there is none."""
+def check_adapters_fit(model, path):
+    """Raise one sentence when the adapters saved in checkpoint ``path`` do not have the keys and shapes of
+    ``model``'s (another --lora_rank, --fake_lora_rank or target modules)."""
+    for name in ADAPTERS:
+        expected = {key: tuple(value.shape) for key, value in lora_state_dict(model, name).items()}
+        with safe_open(os.path.join(path, f"{name}_lora.safetensors"), "pt") as f:
+            saved = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        if saved.keys() != expected.keys():
+            raise ValueError(f"the {name} adapter in {path} targets other modules than this trainer's: resume it with the code that wrote it, or start a new run.")
+        if saved != expected:
+            ranks = {shape[0] for key, shape in saved.items() if "lora_A" in key} - {shape[0] for key, shape in expected.items() if "lora_A" in key}
+            rank_flag = "--lora_rank" if name == STUDENT else "--fake_lora_rank"
+            raise ValueError(f"the {name} adapter in {path} has rank {sorted(ranks)[0] if ranks else '?'}: resume with the {rank_flag} it was trained with.")
+
+
+def resume(accelerator, args, model):
+    """Load ``--resume_from_checkpoint`` (a folder, or 'latest' complete one in ``--output_dir``) into
+    ``model``'s adapters, the optimizers, schedules and random state, and return its step; 0 when there is none."""
     if not args.resume_from_checkpoint:
         return 0
     if args.resume_from_checkpoint == "latest":
-        found = _checkpoints(args.output_dir)
-        path = os.path.join(args.output_dir, found[-1]) if found else None
+        found = checkpoints(args.output_dir)
+        if not found:
+            accelerator.print(f"No checkpoint in {args.output_dir!r}: starting a new run.")
+            return 0
+        path = os.path.join(args.output_dir, found[-1])
     else:
         path = args.resume_from_checkpoint
-    if path is None or not os.path.isdir(path):
-        accelerator.print(f"No checkpoint {args.resume_from_checkpoint!r} found: starting a new run.")
-        return 0
+    name = os.path.basename(os.path.normpath(path))
+    if not CHECKPOINT.fullmatch(name) or not os.path.isfile(os.path.join(path, f"{STUDENT}_lora.safetensors")):
+        raise ValueError(f"{path!r} is not a complete checkpoint-N folder written by this trainer.")
+    check_adapters_fit(model, path)
     accelerator.print(f"Resuming from {path}")
     accelerator.load_state(path)
-    return int(os.path.basename(os.path.normpath(path)).split("-")[1])
+    return int(CHECKPOINT.fullmatch(name)[1])
 
 
 def save_checkpoint(accelerator, args, global_step):
-    """``<output_dir>/checkpoint-<step>``, dropping the oldest beyond ``--checkpoints_total_limit``."""
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        found = _checkpoints(args.output_dir)
-        for old in found[: max(0, len(found) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(os.path.join(args.output_dir, old))
+    """``<output_dir>/checkpoint-<step>``, written whole or not at all: every process writes into
+    ``tmp-checkpoint-<step>``, which is renamed once complete; only then are the oldest beyond
+    ``--checkpoints_total_limit`` deleted. A run killed while saving leaves a tmp folder that 'latest' ignores."""
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
-    accelerator.save_state(path)
+    partial = os.path.join(args.output_dir, f"tmp-checkpoint-{global_step}")
+    if accelerator.is_main_process and os.path.isdir(partial):
+        shutil.rmtree(partial)  # left by a run killed while saving this step
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(path):
+            shutil.rmtree(path)  # an older run's checkpoint of the same step
+        os.replace(partial, path)
+        found = checkpoints(args.output_dir)
+        if args.checkpoints_total_limit is not None:
+            for old in found[: max(0, len(found) - args.checkpoints_total_limit)]:
+                shutil.rmtree(os.path.join(args.output_dir, old))
+    accelerator.wait_for_everyone()
     return path
 
 
-def step_logs(fake_loss, rewards, advantages, lr_schedulers):
-    """What every step logs besides the student's loss and the gradient norms."""
-    return {
-        "loss/fake": fake_loss.detach().item(),
-        "reward/mean": rewards.mean().item(),
-        "reward/std": rewards.std().item(),
-        "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
-        "lr/student": lr_schedulers[STUDENT].get_last_lr()[0],
-        "lr/fake": lr_schedulers[FAKE].get_last_lr()[0],
-    }
+def step_logs(rewards, advantages, lr_schedulers):
+    """What every step logs besides the adapters' losses and gradient norms; no reward logs without a reward."""
+    logs = {"lr/student": lr_schedulers[STUDENT].get_last_lr()[0], "lr/fake": lr_schedulers[FAKE].get_last_lr()[0]}
+    if rewards is not None:
+        finite = rewards[torch.isfinite(rewards)]
+        logs.update({
+            "reward/mean": finite.mean().item() if len(finite) else float("nan"),
+            "reward/std": finite.std().item() if len(finite) > 1 else float("nan"),
+            "reward/nonfinite": len(rewards) - len(finite),  # samples given advantage 0
+            "advantage/negative_share": (advantages < 0).float().mean().item(),  # the detected "forbidden zone"
+        })  # fmt: skip
+    return logs
 
 
 def step_time_report(step_seconds, device):

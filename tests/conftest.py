@@ -1,6 +1,36 @@
 """No test may touch the network: the Hub is offline for every test, in-process and in the subprocesses the
-tests start (set before anything imports huggingface_hub, which reads it once)."""
+tests start (set before anything imports huggingface_hub, which reads it once). Property tests draw the same
+examples on every CI run (hypothesis profile "ci"), and new ones locally."""
 
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@pytest.fixture(scope="session")
+def tiny_sit(tmp_path_factory):
+    """A tiny pixel-space SiT pipeline folder and a tiny DINOv2 reward folder."""
+    from tiny_models import tiny_dinov2_classifier, tiny_sit_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_sit")
+    return {"model": tiny_sit_pipeline(root / "sit"), "reward": tiny_dinov2_classifier(root / "reward")}
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny SDXL pipeline folder, a tiny CLIP reward folder, and prompt files (one empty)."""
+    from tiny_models import tiny_clip_folder, tiny_sdxl_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_sdxl")
+    (root / "prompts.txt").write_text("a cat\na dog\n\na cat on a mat\na dog in the snow\n")
+    (root / "empty.txt").write_text("\n  \n")
+    return {
+        "model": tiny_sdxl_pipeline(root / "sdxl"), "reward": tiny_clip_folder(root / "clip"),
+        "prompts": str(root / "prompts.txt"), "empty_prompts": str(root / "empty.txt"),
+    }  # fmt: skip

@@ -25,10 +25,12 @@ def launch(script, args, num_processes=1):
 
 def with_flags(args, change):
     """``args`` with each flag of ``change`` set to its value (replaced if present, appended if not), or
-    removed with its value when the value is None."""
+    removed with its value when the value is None; a value True appends the flag alone (a switch)."""
     args = list(args)
     for flag, value in change.items():
-        if flag in args:
+        if value is True:
+            args.append(flag)
+        elif flag in args:
             i = args.index(flag)
             args[i : i + 2] = [] if value is None else [flag, value]
         elif value is not None:
@@ -59,3 +61,37 @@ def assert_same_adapters(checkpoint_a, checkpoint_b):
         assert a[name].keys() == b[name].keys()
         for key in a[name]:
             torch.testing.assert_close(a[name][key], b[name][key], atol=1e-6, rtol=1e-5)
+
+
+def sit_args(tiny, output_dir, *extra):
+    """train_amd_sit.py's flags for the ``tiny_sit`` fixture: 4 student steps, K = 4, CFG 2."""
+    return [
+        "--pretrained_model_name_or_path", tiny["model"], "--reward", "dinov2", "--reward_model_name_or_path", tiny["reward"],
+        "--output_dir", str(output_dir), "--train_batch_size", "8", "--group_size", "4", "--lora_rank", "4",
+        "--fake_update_ratio", "2", "--learning_rate", "1e-3", "--real_guidance_scale", "2.0",
+        "--validation_class_labels", "0", "1", "2", "3", "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def sdxl_args(tiny, output_dir, *extra):
+    """train_amd_sdxl.py's flags for the ``tiny_sdxl`` fixture: 16 px images, K = 2, CFG 8, no warm-up."""
+    return [
+        "--pretrained_model_name_or_path", tiny["model"], "--prompts_file", tiny["prompts"], "--reward", "clip",
+        "--reward_model_name_or_path", tiny["reward"], "--resolution", "16", "--reward_resolution", "32",
+        "--output_dir", str(output_dir), "--train_batch_size", "4", "--group_size", "2", "--lora_rank", "4",
+        "--lora_alpha", "8", "--fake_update_ratio", "2", "--learning_rate", "1e-2", "--lr_warmup_steps", "0",
+        "--real_guidance_scale", "8", "--validation_steps", "100", "--checkpointing_steps", "2", "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
+def train_in_process(trainer, args):
+    """``trainer.main(trainer.parse_args(args))`` in this process, which skips an interpreter and its imports
+    (seconds per run); returns the network carrying the trained adapters. accelerate's process-wide state is
+    reset afterwards so that the next run may choose other settings."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        return trainer.main(trainer.parse_args([str(arg) for arg in args]))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

@@ -1,0 +1,263 @@
+"""Both trainers, in-process on tiny models (CPU, fp32, same seed): flags that must not change the math give the
+same adapters as the plain path, flags that must change it do, faults are survived or stop the run cleanly,
+and bad input is refused with one sentence before anything is written."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import amd_utils.training
+import train_amd_sdxl
+import train_amd_sit
+from launch import checkpoint_adapters, sdxl_args, sit_args, train_in_process, with_flags
+
+TRAINERS = {"sit": (train_amd_sit, sit_args, "tiny_sit"), "sdxl": (train_amd_sdxl, sdxl_args, "tiny_sdxl")}
+REWARDS_MODULE = '''
+import torch
+
+def mean_pixel(images, conditions):
+    return images.mean(dim=(1, 2, 3))
+
+def nan_for_first(images, conditions):  # a reward model that fails on one sample of every batch
+    rewards = images.mean(dim=(1, 2, 3))
+    rewards[0] = float("nan")
+    return rewards
+
+def one_for_the_batch(images, conditions):
+    return images.mean().reshape(1)
+
+def a_list(images, conditions):
+    return images.mean(dim=(1, 2, 3)).tolist()
+'''
+
+
+@pytest.fixture(params=sorted(TRAINERS))
+def trainer(request):
+    """(trainer module, its flags for the tiny fixture); the tiny models are built once per session."""
+    module, make_args, fixture = TRAINERS[request.param]
+    tiny = request.getfixturevalue(fixture)
+    return module, lambda output_dir, *extra: make_args(tiny, output_dir, *extra)
+
+
+@pytest.fixture(scope="module")
+def rewards_module(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rewards")
+    (folder / "rewards_for_tests.py").write_text(REWARDS_MODULE)
+    sys.path.insert(0, str(folder))
+    yield "rewards_for_tests"
+    sys.path.remove(str(folder))
+
+
+def adapters_after(trainer, output_dir, steps, *flags):
+    """Train ``steps`` steps (both adapters updated every step) and return the adapters checkpointed at the end."""
+    module, args = trainer
+    train_in_process(module, args(output_dir, "--max_train_steps", steps, "--checkpointing_steps", steps, "--fake_update_ratio", 1, *flags))
+    return checkpoint_adapters(output_dir / f"checkpoint-{steps}")
+
+
+def max_difference(a, b, name):
+    return max((a[name][key] - b[name][key]).abs().max().item() for key in a[name])
+
+
+# ---------------------------------------------------------------- flags that must not change the math
+
+
+def test_gradient_checkpointing_gives_the_same_adapters(trainer, tmp_path):
+    # Recomputing a checkpointed forward is the same float computation as keeping it: exactly equal on CPU.
+    # Before the fix the student's recomputation ran through the fake adapter (student off by ~1e-2 here).
+    plain = adapters_after(trainer, tmp_path / "plain", 3)
+    checkpointed = adapters_after(trainer, tmp_path / "checkpointed", 3, "--gradient_checkpointing")
+    for name in ("student", "fake"):
+        assert max_difference(plain, checkpointed, name) == 0.0, name
+
+
+@pytest.mark.parametrize("operator", ["amd", "naive"])
+def test_zero_sensitivity_is_dmd(trainer, tmp_path, operator):
+    # Eq. 9: with s = 0, alpha = beta = 1. naive then computes exactly DMD's expression; amd sums the DM and CA
+    # terms in another order, which rounds differently in float32 (1e-7 relative), and Adam, dividing by the
+    # root of the second moment, can turn such a difference into up to ~1e-5 of the weights at these lrs.
+    dmd = adapters_after(trainer, tmp_path / "dmd", 3, "--operator", "dmd", "--no_sharpen")
+    same = adapters_after(trainer, tmp_path / operator, 3, "--operator", operator, "--sensitivity", 0, "--no_sharpen")
+    tolerance = 0.0 if operator == "naive" else 2e-5
+    for name in ("student", "fake"):
+        assert max_difference(dmd, same, name) <= tolerance, name
+
+
+def test_resume_lands_where_an_uninterrupted_run_does(trainer, tmp_path):
+    module, args = trainer
+    straight = adapters_after(trainer, tmp_path / "straight", 4)
+    resumed = tmp_path / "resumed"
+    common = ("--fake_update_ratio", 1, "--checkpointing_steps", 2)
+    train_in_process(module, args(resumed, "--max_train_steps", 2, *common))
+    (resumed / "tmp-checkpoint-3").mkdir()  # what a run killed while saving leaves: 'latest' must skip it
+    train_in_process(module, args(resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *common))
+    # Adapters, Adam moments, schedules and random state were all restored: a fresh optimizer or another
+    # noise draw would land elsewhere.
+    again = checkpoint_adapters(resumed / "checkpoint-4")
+    for name in ("student", "fake"):
+        assert max_difference(straight, again, name) == 0.0, name
+
+
+def test_checkpoints_total_limit_keeps_the_newest(trainer, tmp_path):
+    module, args = trainer
+    out = tmp_path / "out"
+    train_in_process(module, args(out, "--max_train_steps", 4, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2))
+    assert sorted(d for d in os.listdir(out) if "checkpoint" in d) == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_reward_none_runs_plain_dmd_without_scoring(trainer, tmp_path, rewards_module):
+    # --reward none is DMD2's cost: no decode, no reward. Its adapters are those of a dmd run whose
+    # reward is ignored (no sharpening, the operator ignores advantages).
+    scored = adapters_after(trainer, tmp_path / "scored", 2, "--operator", "dmd", "--no_sharpen", "--reward", f"{rewards_module}:mean_pixel")
+    unscored = adapters_after(trainer, tmp_path / "none", 2, "--operator", "dmd", "--no_sharpen", "--reward", "none")
+    for name in ("student", "fake"):
+        assert max_difference(scored, unscored, name) == 0.0, name
+
+
+# ---------------------------------------------------------------- flags that must change it
+
+
+def test_sensitivity_changes_the_student(trainer, tmp_path):
+    zero = adapters_after(trainer, tmp_path / "zero", 2, "--sensitivity", 0, "--no_sharpen")
+    half = adapters_after(trainer, tmp_path / "half", 2, "--sensitivity", 0.5, "--no_sharpen")
+    assert max_difference(zero, half, "student") > 1e-4
+
+
+def test_sharpening_changes_the_fake(trainer, tmp_path):
+    plain = adapters_after(trainer, tmp_path / "plain", 2, "--no_sharpen")
+    sharpened = adapters_after(trainer, tmp_path / "sharpened", 2, "--sharpen")
+    assert max_difference(plain, sharpened, "fake") > 1e-4
+
+
+# ---------------------------------------------------------------- faults
+
+
+def tensorboard_scalars(output_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}  # the run's folder, and the tracker's hyper-parameter folder beneath it
+    for folder in {root for root, _, files in os.walk(output_dir / "logs") if any("tfevents" in f for f in files)}:
+        events = EventAccumulator(folder)
+        events.Reload()
+        scalars.update({tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]})
+    return scalars
+
+
+def test_a_nan_reward_gets_advantage_zero_and_training_goes_on(trainer, tmp_path, rewards_module):
+    out = tmp_path / "out"
+    adapters = adapters_after(trainer, out, 3, "--reward", f"{rewards_module}:nan_for_first", "--report_to", "tensorboard")
+    assert all(torch.isfinite(value).all() for name in adapters for value in adapters[name].values())
+    logs = tensorboard_scalars(out)
+    assert logs["reward/nonfinite"] == [1.0, 1.0, 1.0] and all(map(torch.isfinite, torch.tensor(logs["reward/mean"])))
+    assert logs["skipped/student"][-1] == 0 and logs["skipped/fake"][-1] == 0
+
+
+@pytest.mark.parametrize("broken", ["student", "fake"])
+def test_a_non_finite_loss_skips_that_adapters_update(trainer, tmp_path, monkeypatch, broken):
+    module, args = trainer
+    loss_function = "student_loss" if broken == "student" else "weighted_denoising_loss"
+    original = getattr(module, loss_function)
+    monkeypatch.setattr(module, loss_function, lambda *a, **k: original(*a, **k) * float("nan"))
+    out = tmp_path / "out"
+    train_in_process(module, args(out, "--max_train_steps", 4, "--fake_update_ratio", 1, "--checkpointing_steps", 2, "--report_to", "tensorboard"))
+    at_2, at_4 = checkpoint_adapters(out / "checkpoint-2"), checkpoint_adapters(out / "checkpoint-4")
+    healthy = "fake" if broken == "student" else "student"
+    assert max_difference(at_2, at_4, broken) == 0.0 and max_difference(at_2, at_4, healthy) > 0
+    assert all(not value.any() for key, value in at_4[broken].items() if "lora_B" in key)  # still at its start, B = 0
+    optimizer_file = "optimizer.bin" if broken == "student" else "optimizer_1.bin"  # prepared student first
+    assert torch.load(out / "checkpoint-4" / optimizer_file, weights_only=False)["state"] == {}  # no Adam moments
+    logs = tensorboard_scalars(out)
+    assert logs[f"skipped/{broken}"] == [1.0, 2.0, 3.0, 4.0] and logs[f"skipped/{healthy}"][-1] == 0
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(trainer, tmp_path, monkeypatch):
+    module, args = trainer
+    original = module.weighted_denoising_loss
+    monkeypatch.setattr(module, "weighted_denoising_loss", lambda *a, **k: original(*a, **k) * float("inf"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        train_in_process(module, args(out, "--max_train_steps", 10, "--checkpointing_steps", 2, "--max_nonfinite_steps", 3))
+    message = str(stop.value.code)
+    assert message.startswith("stopped at step 3: the fake adapter's loss or gradient was not finite for 3 updates in a row")
+    assert message.endswith(f"the last good checkpoint: {out / 'checkpoint-2'}.")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def sd15_folder(root):
+    """What an SD 1.5 pipeline's model_index.json says: one text encoder, no text-time UNet inputs."""
+    root.mkdir()
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"]}
+    (root / "model_index.json").write_text(json.dumps(index))
+    return str(root)
+
+
+BAD_INPUT = [
+    # (trainer, {flag: value}, the sentence's key part); values in <> are built by the test
+    ("sdxl", {"--pretrained_model_name_or_path": "/no/such/model"}, "cannot load an SDXL pipeline from '/no/such/model'"),
+    ("sdxl", {"--pretrained_model_name_or_path": "<sd15>"}, "is a StableDiffusionPipeline whose text_encoder_2 is missing, not CLIPTextModelWithProjection: give an SDXL pipeline"),
+    ("sdxl", {"--pretrained_model_name_or_path": "<sit>"}, "is a SiTPipeline whose unet is missing, not UNet2DConditionModel: give an SDXL pipeline"),
+    ("sdxl", {"--prompts_file": "/no/such/prompts.txt"}, "the prompts file '/no/such/prompts.txt' does not exist"),
+    ("sdxl", {"--prompts_file": "<empty_prompts>"}, "holds no prompts"),
+    ("sdxl", {"--group_size": "1"}, "--group_size must be at least 2"),
+    ("sdxl", {"--train_batch_size": "3"}, "--train_batch_size 3 is not a multiple of --group_size 2"),
+    ("sdxl", {"--sensitivity": "-1"}, "--sensitivity must be >= 0"),
+    ("sdxl", {"--reward": "no_such_module:score"}, "cannot import the reward module 'no_such_module'"),
+    ("sdxl", {"--reward": "<rewards>:one_for_the_batch"}, "the reward must return a tensor of shape (2,), one value per sample, but returned shape (1,)"),
+    ("sdxl", {"--reward": "<rewards>:a_list"}, "the reward must return a tensor of shape (2,), one value per sample, but returned a list"),
+    ("sdxl", {"--reward": "hpsv2", "--reward_model_name_or_path": None}, "cannot get the HPSv2 checkpoint HPS_v2.1_compressed.pt"),
+    ("sdxl", {"--reward": "none"}, "--reward none leaves no advantages to use: it goes with --operator dmd --no_sharpen only"),
+    ("sdxl", {"--operator": "dmd2"}, "argument --operator: invalid choice: 'dmd2'"),
+    ("sdxl", {"--output_dir": "<file>"}, "is an existing file: give a folder"),
+    ("sdxl", {"--resume_from_checkpoint": "/no/such/checkpoint-2"}, "--resume_from_checkpoint '/no/such/checkpoint-2' is not a folder"),
+    ("sdxl", {"--resume_from_checkpoint": "latest", "--lora_rank": "8"}, "the student adapter in <out>/checkpoint-2 has rank 4: resume with the --lora_rank it was trained with"),
+    ("sdxl", {"--use_8bit_adam": True}, "--use_8bit_adam needs bitsandbytes: pip install bitsandbytes, or drop the flag"),
+    ("sdxl", {"--mixed_precision": "bf16"}, "--mixed_precision bf16 needs a device with bfloat16 support"),
+    ("sit", {"--pretrained_model_name_or_path": "/no/such/model"}, "cannot load a SiT / DiT pipeline from '/no/such/model'"),
+    ("sit", {"--pretrained_model_name_or_path": "<sdxl>"}, "is a StableDiffusionXLPipeline whose transformer is missing, not DiTTransformer2DModel: give a SiT / DiT pipeline"),
+    ("sit", {"--reward": "hpsv9"}, "unknown reward 'hpsv9'"),
+    ("sit", {"--reward_model_name_or_path": "/no/such/reward"}, "cannot load the DINOv2 reward '/no/such/reward'"),
+    ("sit", {"--student_timesteps": "0.5"}, "--student_timesteps must rise from 0"),
+    ("sit", {"--resume_from_checkpoint": "latest", "--fake_lora_rank": "8"}, "the fake adapter in <out>/checkpoint-2 has rank 4: resume with the --fake_lora_rank it was trained with"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", BAD_INPUT, ids=[f"{t}-{m[:40]}" for t, _, m in BAD_INPUT])
+def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(request, tmp_path, capsys, monkeypatch, rewards_module, name, change, message):
+    module, make_args, fixture = TRAINERS[name]
+    tiny = request.getfixturevalue(fixture)
+    out = tmp_path / "out"
+    if "--resume_from_checkpoint" in change and change["--resume_from_checkpoint"] == "latest":
+        train_in_process(module, make_args(tiny, out, "--max_train_steps", 2, "--checkpointing_steps", 2))
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("earlier results")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed: importing it fails
+    monkeypatch.setattr(amd_utils.training, "is_bf16_available", lambda: False)
+    built = {
+        "<sd15>": lambda: sd15_folder(tmp_path / "sd15"), "<sit>": lambda: request.getfixturevalue("tiny_sit")["model"],
+        "<sdxl>": lambda: request.getfixturevalue("tiny_sdxl")["model"], "<empty_prompts>": lambda: tiny["empty_prompts"],
+        "<file>": lambda: str(tmp_path / "file"),
+    }  # fmt: skip
+    change = {flag: built[value]() if value in built else value for flag, value in change.items()}
+    change = {flag: value.replace("<rewards>", rewards_module) if isinstance(value, str) else value for flag, value in change.items()}
+    args = with_flags(make_args(tiny, out, "--max_train_steps", "2"), change)
+    before = {path: (out / path).read_bytes() for path in _files(out)} if out.is_dir() else None
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        train_in_process(module, args)
+    assert exit.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith(f"{module.SCRIPT}: error: ") and message.replace("<out>", str(out)) in last_line, last_line
+    if before is not None:
+        assert {path: (out / path).read_bytes() for path in _files(out)} == before
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(root, f), folder) for root, _, files in os.walk(folder) for f in files)
