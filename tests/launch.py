@@ -39,14 +39,54 @@ def with_flags(args, change):
 
 
 def assert_fails_with_one_sentence(script, args, message, output_dir):
-    """The script exits non-zero, its last line is ``<script>: ...message...`` with no traceback, and the
-    existing output folder (holding only keep.txt) is untouched."""
+    """The script exits with status 2, its last line is ``<script>: error: ...message...`` with no traceback,
+    and the existing output folder (holding only keep.txt) is untouched."""
     result = subprocess.run([sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr[-2000:]
     last_line = result.stderr.strip().splitlines()[-1]
-    assert message in last_line and last_line.startswith(f"{script}: "), result.stderr[-2000:]
+    assert message in last_line and last_line.startswith(f"{script}: error: "), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert os.listdir(output_dir) == ["keep.txt"] and (output_dir / "keep.txt").read_text() == "earlier results"
+
+
+def assert_processes_agree(script, args, folder):
+    """A 2-process run of ``script``'s trainer ends with the same adapters on both processes."""
+    folder.mkdir()
+    result = launch("tests/train_and_dump.py", [os.path.splitext(script)[0], str(folder), *args], num_processes=2)
+    assert "Num processes: 2" in result.stdout + result.stderr
+    for name in ("student", "fake"):
+        rank0, rank1 = (load_file(str(folder / f"rank{rank}_{name}.safetensors")) for rank in (0, 1))
+        assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[key], rank1[key]) for key in rank0), name
+
+
+def assert_survives_sigkill(script, args, output_dir, straight_dir, steps, seed=0):
+    """Kill a run of ``script`` with SIGKILL, first in the middle of writing a checkpoint (its adapter files
+    are written late: tests/slow_saves.py), then at a moment drawn with ``seed`` after its next checkpoint;
+    resume each time with 'latest'. The run must end with the adapters of an uninterrupted run."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    args = [*args, "--max_train_steps", str(steps), "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest"]
+    launch(script, with_flags(args, {"--output_dir": str(straight_dir)}))
+    command = [sys.executable, "tests/slow_saves.py", script, *args]
+    for kill_at in ("a save", "a random moment"):
+        process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while process.poll() is None:
+            found = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+            if kill_at == "a save" and any(name.startswith("tmp-checkpoint-") for name in found):
+                break
+            if kill_at == "a random moment" and any(name.startswith("checkpoint-") for name in found):
+                time.sleep(rng.uniform(0.0, 1.5))
+                break
+            time.sleep(0.002)
+        process.kill()  # SIGKILL: no clean-up of any kind
+        assert process.wait() == -9, process.stderr.read()[-3000:]
+        if kill_at == "a save":
+            assert any(name.startswith("tmp-checkpoint-") for name in os.listdir(output_dir))  # left incomplete
+    result = launch(script, args)
+    assert "Resuming from" in result.stdout + result.stderr
+    assert_same_adapters(straight_dir / f"checkpoint-{steps}", output_dir / f"checkpoint-{steps}")
 
 
 def checkpoint_adapters(checkpoint):
