@@ -8,7 +8,7 @@
 Builds every network from its published configuration with random weights in a temporary folder (CLIP's
 real BPE vocabulary comes from open_clip's package), runs ``accelerate launch train_<model>.py`` for a few
 steps with each operator, and prints the median step times and peak GPU memory the trainer reports (after
-its first steps, which warm up), their AMD / DMD ratio, and the memory of this design (one frozen network
+its first steps, which warm up), their AMD / DMD ratio (DMD as DMD2 runs it: no reward, no sharpening), and the memory of this design (one frozen network
 with two LoRA adapters) against DMD2's (a frozen teacher and two fully trained copies), from parameter
 counts on the meta device.
 """
@@ -152,14 +152,17 @@ def build(model, size, folder, device):
 
 
 def run_trainer(model, folder, flags, operator, args):
-    """One short run; returns the trainer's closing 'Median step time: ...' report (first steps excluded)."""
+    """One short run; returns the trainer's closing 'Median step time: ...' report (first steps excluded).
+    The dmd run is what a DMD2 user pays: no sharpening and no reward (nothing decoded or scored)."""
+    if operator == "dmd":
+        flags = [*flags, "--reward", "none", "--no_sharpen"]  # argparse: the last --reward counts
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
         os.path.join(REPO, f"train_amd_{model}.py"), "--pretrained_model_name_or_path", os.path.join(folder, "model"), *flags,
         "--operator", operator, "--output_dir", os.path.join(folder, f"out-{operator}"), "--max_train_steps", str(args.steps),
         "--train_batch_size", str(args.train_batch_size), "--group_size", str(args.group_size), "--lora_rank", str(args.lora_rank),
         "--validation_steps", str(args.steps + 1), "--checkpointing_steps", str(args.steps + 1), "--report_to", "none",
-        "--mixed_precision", "no" if args.device == "cpu" else "bf16", "--allow_tf32",
+        "--mixed_precision", "no" if args.device == "cpu" else "bf16", "--allow_tf32", "--lr_warmup_steps", "0",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
