@@ -9,9 +9,10 @@ Built in:
 - ``hpsv2`` (HPSv2.1) and ``hpsv2.0``: the Human Preference Score, open_clip's ViT-H-14 with the official
   checkpoint (the paper's SDXL reward), scored as the cosine of image and prompt embeddings;
 - ``pickscore`` and ``clip``: transformers CLIP models, ``logit_scale * cosine``.
-Anything else: ``--reward my_module:my_function`` with that signature; ``none`` (plain DMD) scores nothing. Every model is loaded once, runs on
-tensors on ``device`` with its own preprocessing (resize the shortest edge, centre crop, normalize), and
-fails at start-up with one sentence when its weights are neither on disk nor reachable.
+Anything else: ``--reward my_module:my_function`` with that signature; ``none`` (plain DMD) scores nothing.
+Every model is loaded once, runs on tensors on ``device`` with its own preprocessing (resize the shortest
+edge, centre crop, normalize), and fails at start-up with one sentence when its weights are neither on disk
+nor reachable.
 """
 
 import importlib
