@@ -17,38 +17,35 @@ also updates the student. The output folder holds ``pytorch_lora_weights.safeten
 
 import argparse
 import csv
+import functools
 import json
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from peft import LoraConfig
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-from amd_utils.hub import push_to_hub, write_model_card
+from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
-from amd_utils.lora import FAKE, STUDENT, add_student_and_fake_adapters, lora_state_dict, use_adapter
+from amd_utils.lora import FAKE, STUDENT, lora_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import ddpm_add_noise, ddpm_model_target, ddpm_x0
 from amd_utils.rewards import load_reward, score
 from amd_utils.training import (
-    AdapterUpdates,
+    TrainingLoop,
     add_amd_arguments,
     add_optimization_arguments,
     add_output_arguments,
     check_pipeline,
     check_shared_args,
     exit_bad_input,
+    latest_validation,
     make_accelerator,
-    register_adapter_checkpoint_hooks,
-    resume,
-    save_checkpoint,
-    step_logs,
-    step_time_report,
+    prepare_adapters,
+    validation_rng,
 )
 
 logger = get_logger(__name__)
@@ -79,8 +76,6 @@ def parse_args(argv=None):
     group.add_argument("--resolution", type=int, default=1024)
     group.add_argument("--real_guidance_scale", type=float, default=8.0, help="CFG scale w of the real teacher, uncond + w (cond - uncond), uncond = zero embeddings.")
     group.add_argument("--student_timesteps", type=int, nargs="+", default=[999, 749, 499, 249], help="The student's DDPM timesteps, falling, the first the noisiest.")
-    group.add_argument("--min_score_timestep", type=int, default=20, help="Student samples are re-noised to t in [min, max] for scoring.")
-    group.add_argument("--max_score_timestep", type=int, default=980)
     group.add_argument("--reward_resolution", type=int, default=512, help="Decoded samples are resized to this before the reward (which resizes again to its own input).")
     group.add_argument("--validation_prompts", nargs="+", default=None, help="Default: the first 4 training prompts.")
     add_optimization_arguments(parser)
@@ -98,8 +93,6 @@ def parse_args(argv=None):
     t = args.student_timesteps
     if any(b >= a for a, b in zip(t, t[1:])) or not 0 < t[-1] <= t[0] < 1000:
         parser.error(f"--student_timesteps must fall within 1..999, the first the noisiest, got {t}.")
-    if not 0 <= args.min_score_timestep <= args.max_score_timestep < 1000:
-        parser.error("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 999.")
     return args
 
 
@@ -213,42 +206,29 @@ def main(args):
             module.requires_grad_(False).to(accelerator.device).eval()
         vae.enable_slicing()
         schedule.alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
-        unet.to(accelerator.device).eval()
-        lora_alpha = args.lora_alpha or args.lora_rank
-        adapter_params = add_student_and_fake_adapters(unet, LORA_TARGET_MODULES, args.lora_rank, lora_alpha, args.fake_lora_rank)
-        if args.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        unet = accelerator.prepare(unet)
-        # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
-        # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
-        model = accelerator.unwrap_model(unet)
-
-        # -------------------------------------------------------------- optimizers, checkpoints, resume
-        updates = AdapterUpdates(accelerator, model, adapter_params, args)
-        # Checkpoints hold the two adapters, not the base, and the student in diffusers' LoRA format.
-        register_adapter_checkpoint_hooks(accelerator, model, save_extra=lambda folder: save_student_lora(folder, model, args, lora_alpha))
-        global_step = resume(accelerator, args, model)
+        save_extra = functools.partial(save_student_lora, args=args)  # checkpoints hold diffusers' LoRA format too
+        unet, model, updates, global_step = prepare_adapters(accelerator, unet, LORA_TARGET_MODULES, args, save_extra)
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
             grey = torch.full((args.group_size, 3, args.reward_resolution, args.reward_resolution), 0.5, device=accelerator.device)
             score(reward, grey, prompts[:1] * args.group_size)
     except ValueError as error:
         exit_bad_input(SCRIPT, error)
 
-    if accelerator.is_main_process:
-        accelerator.init_trackers("amd-sdxl", config={k: str(v) for k, v in vars(args).items()})
     validation_prompts = args.validation_prompts or prompts[:4]
     latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
     shape = (args.train_batch_size, model.config.in_channels, latent_size, latent_size)
     num_groups = args.train_batch_size // args.group_size
     time_ids = torch.tensor([args.resolution, args.resolution, 0, 0, args.resolution, args.resolution], device=accelerator.device)
     time_ids = time_ids.to(weight_dtype).repeat(args.train_batch_size, 1)  # original size, crop, target size
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
+    num_train_timesteps = schedule.config.num_train_timesteps
+    # The score noise levels as DDPM timesteps (level 0.98 -> t = 980).
+    min_score_t, max_score_t = (min(round(level * num_train_timesteps), num_train_timesteps - 1)
+                                for level in (args.min_score_noise_level, args.max_score_noise_level))  # fmt: skip
 
     # ------------------------------------------------------------------ training loop (Algorithm 1)
-    step_seconds = {"with a student update": [], "fake update only": []}  # wall time of each step
-    while global_step < args.max_train_steps:
-        step_start = time.perf_counter()
-        student_turn = global_step % args.fake_update_ratio == 0
+    validate = functools.partial(log_validation, accelerator, model, vae, text_encoders, tokenizers, schedule, args, validation_prompts)
+    loop = TrainingLoop(accelerator, args, updates, global_step, "amd-sdxl", validate)
+    for global_step, student_turn in loop:
         logs = {}
 
         # 1. K samples per prompt, the text encoded once for every network; the student runs one of its steps.
@@ -270,11 +250,12 @@ def main(args):
 
         # 3. Student update: re-noise, score with real (cond / zero-uncond) and fake teachers, compose (Eqs. 7-10).
         if student_turn:
-            t = torch.randint(args.min_score_timestep, args.max_score_timestep + 1, (shape[0],), device=accelerator.device)
+            t = torch.randint(min_score_t, max_score_t + 1, (shape[0],), device=accelerator.device)
             x_t = ddpm_add_noise(x.detach(), torch.randn_like(x), schedule.alphas_cumprod, t).to(weight_dtype)
             with torch.no_grad():
                 if args.real_guidance_scale != 1:  # unconditional: all-zero text embeddings (DMD2's SDXL)
-                    both = (torch.cat([prompt_embeds, torch.zeros_like(prompt_embeds)]), torch.cat([pooled, torch.zeros_like(pooled)]), time_ids.repeat(2, 1))
+                    zero = (torch.zeros_like(prompt_embeds), torch.zeros_like(pooled))
+                    both = (torch.cat([prompt_embeds, zero[0]]), torch.cat([pooled, zero[1]]), time_ids.repeat(2, 1))
                     x0_real_cond, x0_real_uncond = predict_x0(model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), both, schedule).chunk(2)
                 else:
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, condition, schedule)
@@ -288,7 +269,7 @@ def main(args):
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14), over all
         # noise levels as DMD2 trains its fake UNet (the student is scored on [min, max] only).
         sample = x.detach()
-        t = torch.randint(0, schedule.config.num_train_timesteps, (shape[0],), device=accelerator.device)
+        t = torch.randint(0, num_train_timesteps, (shape[0],), device=accelerator.device)
         noise = torch.randn_like(sample)
         use_adapter(model, FAKE)
         noisy = ddpm_add_noise(sample, noise, schedule.alphas_cumprod, t).to(weight_dtype)
@@ -296,38 +277,17 @@ def main(args):
         target = ddpm_model_target(sample, noise, schedule.alphas_cumprod, t, schedule.config.prediction_type)
         fake_loss = weighted_denoising_loss(output, target, fake_sample_weights(advantages, args.sharpen))
         logs.update(updates.step(FAKE, fake_loss, global_step))
-
-        global_step += 1
-        progress_bar.update(1)
-        logs.update(step_logs(rewards, advantages, updates.lr_schedulers))
-        step_kind = "with a student update" if student_turn else "fake update only"
-        step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
-        progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
-        accelerator.log(logs, step=global_step)
-
-        if global_step % args.checkpointing_steps == 0:
-            logger.info(f"Saved state to {save_checkpoint(accelerator, args, global_step)}")
-        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
-            log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule, args, validation_prompts, global_step)
+        loop.end_step(logs, rewards, advantages)
 
     # ------------------------------------------------------------------ outputs
-    logger.info(f"Median step time: {step_time_report(step_seconds, accelerator.device)}", main_process_only=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_outputs(args, model, lora_alpha)
-        if args.push_to_hub:
-            repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
-            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
-    accelerator.end_training()
+    loop.finish(lambda: save_outputs(args, model))
     return model
 
 
 @torch.no_grad()
 def log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule, args, prompts, global_step):
     """Student samples for fixed seeds, in its own steps: a grid PNG in the output folder and the trackers."""
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # validation must not shift the training's random stream
-        torch.manual_seed(args.seed)
+    with validation_rng(accelerator, args.seed):
         prompt_embeds, pooled = encode_prompts(prompts, text_encoders, tokenizers)
         time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * len(prompts))
         condition = (prompt_embeds, pooled, time_ids.to(accelerator.device, prompt_embeds.dtype))
@@ -340,22 +300,20 @@ def log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule,
     return save_and_log_grid(accelerator, images, args.output_dir, global_step, columns=4)
 
 
-def save_student_lora(folder, model, args, lora_alpha):
+def save_student_lora(folder, model, args):
     """``pytorch_lora_weights.safetensors`` for ``StableDiffusionXLPipeline.load_lora_weights``: the student
     adapter with its LoRA config in the metadata. The keys stay in peft's format: diffusers'
     ``convert_state_dict_to_diffusers`` renames only the attention keys, and the loader, seeing peft keys
     first, then drops the renamed ones."""
-    config = LoraConfig(r=args.lora_rank, lora_alpha=lora_alpha, target_modules=LORA_TARGET_MODULES)
+    config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES)
     StableDiffusionXLPipeline.save_lora_weights(
         folder, unet_lora_layers=lora_state_dict(model, STUDENT), unet_lora_adapter_metadata=config.to_dict()
     )
 
 
-def save_outputs(args, model, lora_alpha):
+def save_outputs(args, model):
     """The student LoRA and a model card with the 4-step loading snippet."""
-    save_student_lora(args.output_dir, model, args, lora_alpha)
-    validation_dir = os.path.join(args.output_dir, "validation")
-    validation = sorted(os.listdir(validation_dir), key=lambda f: int(f[5:-4])) if os.path.isdir(validation_dir) else []
+    save_student_lora(args.output_dir, model, args)
     steps = len(args.student_timesteps)
     write_model_card(
         args.output_dir,
@@ -374,14 +332,8 @@ def save_outputs(args, model, lora_alpha):
             "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)\n"
             f'image = pipe("a photo of a cat", num_inference_steps={steps}, timesteps={args.student_timesteps}, guidance_scale=0).images[0]'
         ),
-        settings={
-            "operator": args.operator, "sensitivity": args.sensitivity, "sharpen": args.sharpen,
-            "group_size": args.group_size, "real_guidance_scale": args.real_guidance_scale,
-            "student_timesteps": args.student_timesteps, "reward": args.reward, "resolution": args.resolution,
-            "max_train_steps": args.max_train_steps, "train_batch_size": args.train_batch_size,
-            "learning_rate": args.learning_rate, "lora_rank": args.lora_rank,
-        },  # fmt: skip
-        images=[f"validation/{validation[-1]}"] if validation else [],
+        settings={**amd_settings(args), "student_timesteps": args.student_timesteps, "resolution": args.resolution},
+        images=latest_validation(args.output_dir),
         tags=["stable-diffusion-xl", "text-to-image", "lora"],
     )
 

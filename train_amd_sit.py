@@ -2,7 +2,7 @@
 """Adaptive Matching Distillation for class-conditional SiT / DiT flow models.
 
     accelerate launch train_amd_sit.py \
-        --pretrained_model_name_or_path ./sit-xl-2-256 --vae stabilityai/sd-vae-ft-ema \
+        --pretrained_model_name_or_path ./sit-xl-2-256 --pretrained_vae_model_name_or_path stabilityai/sd-vae-ft-ema \
         --reward dinov2 --reward_model_name_or_path facebook/dinov2-large-imagenet1k-1-layer \
         --train_batch_size 32 --group_size 4 --output_dir sit-amd-4step
 
@@ -16,38 +16,35 @@ and samples in the student's steps. Convert an original SiT checkpoint with
 """
 
 import argparse
+import functools
 import os
-import time
 
 import torch
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
 from peft import LoraConfig
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from amd_utils.hub import push_to_hub, write_model_card
+from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
-from amd_utils.lora import FAKE, STUDENT, add_student_and_fake_adapters, lora_state_dict, merged_base_state_dict, use_adapter
+from amd_utils.lora import FAKE, STUDENT, lora_state_dict, merged_base_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import sample_noise_levels, sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
 from amd_utils.rewards import load_reward, score
 from amd_utils.sit import save_sit_pipeline
 from amd_utils.training import (
-    AdapterUpdates,
+    TrainingLoop,
     add_amd_arguments,
     add_optimization_arguments,
     add_output_arguments,
     check_pipeline,
     check_shared_args,
     exit_bad_input,
+    latest_validation,
     make_accelerator,
-    register_adapter_checkpoint_hooks,
-    resume,
-    save_checkpoint,
-    step_logs,
-    step_time_report,
+    prepare_adapters,
+    validation_rng,
 )
 
 logger = get_logger(__name__)
@@ -61,15 +58,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=SCRIPT, description="Adaptive Matching Distillation for SiT / DiT flow models.")
     group = parser.add_argument_group("models and reward")
     group.add_argument("--pretrained_model_name_or_path", required=True, help="SiT pipeline folder or Hub id (transformer/ in DiT format).")
-    group.add_argument("--vae", default=None, help="VAE for latent models (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.")
+    group.add_argument(
+        "--pretrained_vae_model_name_or_path", default=None,
+        help="VAE of a latent model (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.",
+    )  # fmt: skip
     group.add_argument("--reward", default="dinov2", help="'dinov2', 'my_module:my_function', or 'none' (plain DMD with --operator dmd --no_sharpen: nothing decoded or scored).")
     group.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
     add_amd_arguments(parser)
     group = parser.add_argument_group("SiT")
     group.add_argument("--real_guidance_scale", type=float, default=1.5, help="CFG scale w of the real teacher, standard form uncond + w (cond - uncond).")
     group.add_argument("--student_timesteps", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], help="SiT times (0 = noise) the student denoises from; the first must be 0.")
-    group.add_argument("--min_score_timestep", type=float, default=0.02, help="Student samples are re-noised to t in [min, max] for scoring.")
-    group.add_argument("--max_score_timestep", type=float, default=0.98)
     group.add_argument("--validation_class_labels", type=int, nargs="+", default=None, help="Default: the first 8 classes.")
     add_optimization_arguments(parser)
     add_output_arguments(parser)
@@ -79,8 +77,6 @@ def parse_args(argv=None):
     t = args.student_timesteps
     if t[0] != 0.0 or any(b <= a for a, b in zip(t, t[1:])) or t[-1] >= 1.0:
         parser.error(f"--student_timesteps must rise from 0 (pure noise) and stay below 1 (clean), got {t}.")
-    if not 0.0 <= args.min_score_timestep <= args.max_score_timestep <= 1.0:
-        parser.error("--min_score_timestep and --max_score_timestep need 0 <= min <= max <= 1.")
     return args
 
 
@@ -95,12 +91,13 @@ def load_models(args, device, dtype):
             "(see scripts/convert_sit_to_diffusers.py) or a Hub id that is reachable."
         ) from None
     use_sit_time_embedding(transformer)
-    vae_source, subfolder = (args.vae, None) if args.vae else (args.pretrained_model_name_or_path, "vae")
+    vae_path = args.pretrained_vae_model_name_or_path
+    vae_source, subfolder = (vae_path, None) if vae_path else (args.pretrained_model_name_or_path, "vae")
     try:
         vae = AutoencoderKL.from_pretrained(vae_source, subfolder=subfolder, torch_dtype=dtype)
     except (OSError, ValueError):
-        if args.vae:
-            raise ValueError(f"cannot load the VAE {args.vae!r}: not on disk and the Hub cannot be reached.") from None
+        if vae_path:
+            raise ValueError(f"cannot load the VAE {vae_path!r}: not on disk and the Hub cannot be reached.") from None
         vae = None  # a pixel-space model
     reward = load_reward(args.reward, args.reward_model_name_or_path, device)
     return transformer, vae, reward
@@ -145,39 +142,22 @@ def main(args):
         channels, size = transformer.config.in_channels, transformer.config.sample_size
         if vae is not None:
             vae.requires_grad_(False).to(accelerator.device)
-        transformer.to(accelerator.device).eval()  # eval: DiT's label dropout stays off
-        lora_alpha = args.lora_alpha or args.lora_rank
-        adapter_params = add_student_and_fake_adapters(transformer, LORA_TARGET_MODULES, args.lora_rank, lora_alpha, args.fake_lora_rank)
-        if args.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer = accelerator.prepare(transformer)
-        # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
-        # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
-        model = accelerator.unwrap_model(transformer)
-
-        # -------------------------------------------------------------- optimizers, checkpoints, resume
-        updates = AdapterUpdates(accelerator, model, adapter_params, args)
-        register_adapter_checkpoint_hooks(accelerator, model)  # checkpoints hold the two adapters, not the base
-        global_step = resume(accelerator, args, model)
+        transformer, model, updates, global_step = prepare_adapters(accelerator, transformer, LORA_TARGET_MODULES, args)
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
-            score(reward, to_images(torch.zeros(args.group_size, channels, size, size, device=accelerator.device), vae),
-                  torch.zeros(args.group_size, dtype=torch.long, device=accelerator.device))  # fmt: skip
+            zeros = torch.zeros(args.group_size, channels, size, size, device=accelerator.device)
+            score(reward, to_images(zeros, vae), torch.zeros(args.group_size, dtype=torch.long, device=accelerator.device))
     except ValueError as error:
         exit_bad_input(SCRIPT, error)
 
-    if accelerator.is_main_process:
-        accelerator.init_trackers("amd-sit", config={k: str(v) for k, v in vars(args).items()})
     validation_labels = args.validation_class_labels or list(range(min(8, num_classes)))
     shape = (args.train_batch_size, channels, size, size)
     num_groups = args.train_batch_size // args.group_size
     num_student_steps = len(args.student_timesteps)
-    progress_bar = tqdm(range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
 
     # ------------------------------------------------------------------ training loop (Algorithm 1)
-    step_seconds = {"with a student update": [], "fake update only": []}  # wall time of each step
-    while global_step < args.max_train_steps:
-        step_start = time.perf_counter()
-        student_turn = global_step % args.fake_update_ratio == 0
+    validate = functools.partial(log_validation, accelerator, model, vae, args, validation_labels)
+    loop = TrainingLoop(accelerator, args, updates, global_step, "amd-sit", validate)
+    for global_step, student_turn in loop:
         logs = {}
 
         # 1. K samples per class label; the student runs one of its steps (backward simulation).
@@ -197,8 +177,7 @@ def main(args):
 
         # 3. Student update: re-noise, score with real (cond / uncond) and fake teachers, compose (Eqs. 7-10).
         if student_turn:
-            levels = sample_noise_levels(shape[0], 1 - args.max_score_timestep, 1 - args.min_score_timestep, device=accelerator.device)
-            t = 1 - levels  # SiT time
+            t = 1 - score_noise_levels(args, shape[0], accelerator.device)  # SiT time: 1 clean
             x_t = sit_add_noise(x.detach(), torch.randn_like(x), t)
             with torch.no_grad():
                 if args.real_guidance_scale != 1:
@@ -216,45 +195,28 @@ def main(args):
 
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
         sample = x.detach()
-        levels = sample_noise_levels(shape[0], 1 - args.max_score_timestep, 1 - args.min_score_timestep, device=accelerator.device)
-        t = (1 - levels).to(sample.dtype)
+        t = (1 - score_noise_levels(args, shape[0], accelerator.device)).to(sample.dtype)
         noise = torch.randn_like(sample)
         use_adapter(model, FAKE)
         velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[:, :channels]
         fake_loss = weighted_denoising_loss(velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen))
         logs.update(updates.step(FAKE, fake_loss, global_step))
-
-        global_step += 1
-        progress_bar.update(1)
-        logs.update(step_logs(rewards, advantages, updates.lr_schedulers))
-        step_kind = "with a student update" if student_turn else "fake update only"
-        step_seconds[step_kind].append(time.perf_counter() - step_start)  # the .item() calls above synchronized
-        progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
-        accelerator.log(logs, step=global_step)
-
-        if global_step % args.checkpointing_steps == 0:
-            logger.info(f"Saved state to {save_checkpoint(accelerator, args, global_step)}")
-        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
-            log_validation(accelerator, model, vae, args, validation_labels, global_step)
+        loop.end_step(logs, rewards, advantages)
 
     # ------------------------------------------------------------------ outputs
-    logger.info(f"Median step time: {step_time_report(step_seconds, accelerator.device)}", main_process_only=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_outputs(args, model, vae, lora_alpha, validation_labels)
-        if args.push_to_hub:
-            repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
-            logger.info(f"Pushed to https://huggingface.co/{repo_id}")
-    accelerator.end_training()
+    loop.finish(lambda: save_outputs(args, model, vae, validation_labels))
     return model
+
+
+def score_noise_levels(args, n, device):
+    """Noise levels (0 clean, 1 noise) drawn uniformly in [--min_score_noise_level, --max_score_noise_level]."""
+    return sample_noise_levels(n, args.min_score_noise_level, args.max_score_noise_level, device=device)
 
 
 @torch.no_grad()
 def log_validation(accelerator, model, vae, args, class_labels, global_step):
     """Student samples for fixed seeds, in its own steps: a grid PNG in the output folder and the trackers."""
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # validation must not shift the training's random stream
-        torch.manual_seed(args.seed)
+    with validation_rng(accelerator, args.seed):
         labels = torch.tensor(class_labels, device=accelerator.device)
         shape = (len(labels), model.config.in_channels, model.config.sample_size, model.config.sample_size)
         last = len(args.student_timesteps) - 1
@@ -264,19 +226,18 @@ def log_validation(accelerator, model, vae, args, class_labels, global_step):
     return save_and_log_grid(accelerator, images, args.output_dir, global_step)
 
 
-def save_outputs(args, model, vae, lora_alpha, class_labels):
+def save_outputs(args, model, vae, class_labels):
     """The merged student as a SiT pipeline that samples in the student's steps, the student adapter alone,
     and a model card."""
     merged = DiTTransformer2DModel.from_config(model.config)
     merged.load_state_dict(merged_base_state_dict(model, STUDENT))
     sigmas = [1.0 - t for t in args.student_timesteps]
-    save_sit_pipeline(args.output_dir, merged, FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), vae=vae, default_sigmas=sigmas)
+    scheduler = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
+    save_sit_pipeline(args.output_dir, merged, scheduler, vae=vae, default_sigmas=sigmas)
     lora_dir = os.path.join(args.output_dir, "student_lora")
     os.makedirs(lora_dir, exist_ok=True)
     save_file(lora_state_dict(model, STUDENT), os.path.join(lora_dir, "adapter_model.safetensors"))
-    LoraConfig(r=args.lora_rank, lora_alpha=lora_alpha, target_modules=LORA_TARGET_MODULES).save_pretrained(lora_dir)
-    validation_dir = os.path.join(args.output_dir, "validation")
-    validation = sorted(os.listdir(validation_dir), key=lambda f: int(f[5:-4])) if os.path.isdir(validation_dir) else []
+    LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES).save_pretrained(lora_dir)
     write_model_card(
         args.output_dir,
         base_model=args.pretrained_model_name_or_path,
@@ -291,15 +252,8 @@ def save_outputs(args, model, vae, lora_alpha, class_labels):
             f'pipe = DiffusionPipeline.from_pretrained("{args.hub_model_id or args.output_dir}", trust_remote_code=True)\n'
             f"images = pipe(class_labels={class_labels}).images  # {len(sigmas)} steps, no guidance"
         ),
-        settings={
-            "operator": args.operator, "sensitivity": args.sensitivity, "sharpen": args.sharpen,
-            "group_size": args.group_size, "real_guidance_scale": args.real_guidance_scale,
-            "student_timesteps": args.student_timesteps, "reward": args.reward,
-            "reward_model": args.reward_model_name_or_path, "max_train_steps": args.max_train_steps,
-            "train_batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
-            "lora_rank": args.lora_rank,
-        },  # fmt: skip
-        images=[f"validation/{validation[-1]}"] if validation else [],
+        settings={**amd_settings(args), "student_timesteps": args.student_timesteps, "reward_model": args.reward_model_name_or_path},
+        images=latest_validation(args.output_dir),
         tags=["sit", "class-conditional"],
     )
 

@@ -5,6 +5,12 @@ import os
 from huggingface_hub import create_repo, upload_folder
 
 
+def amd_settings(args):
+    """The settings every trainer's model card lists: the AMD objective's and the run's size."""
+    names = ("operator", "sensitivity", "sharpen", "group_size", "real_guidance_scale", "reward", "max_train_steps")
+    return {name: getattr(args, name) for name in (*names, "train_batch_size", "learning_rate", "lora_rank")}
+
+
 def write_model_card(output_dir, *, base_model, title, description, usage, settings, images=(), tags=()):
     """Write ``README.md`` with Hub metadata, the AMD settings of the run, a usage snippet and sample images
     (paths relative to ``output_dir``)."""

@@ -1,9 +1,13 @@
 """Training plumbing the trainers share: the flags that mean the same thing in every trainer, bad-input exits,
-the two adapters' updates, atomic adapter-only checkpoints, resuming, and the closing step-time report.
+the network with its two adapters prepared for accelerate, the adapters' updates, atomic adapter-only
+checkpoints, resuming, and the training loop's bookkeeping (logs, progress, checkpoint and validation
+cadence, step times, outputs).
 
-What is particular to a model family (its networks, noising, sampling and outputs) stays in its trainer.
+What is particular to a model family (its networks, noising, the AMD step's four stages, sampling and
+outputs) stays in its trainer.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -11,16 +15,22 @@ import re
 import shutil
 import statistics
 import sys
+import time
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_bf16_available, set_seed
 from diffusers.optimization import get_scheduler
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from .lora import ADAPTERS, FAKE, STUDENT, load_lora_state_dict, lora_state_dict, use_adapter
+from .hub import push_to_hub
+from .lora import ADAPTERS, FAKE, STUDENT, add_student_and_fake_adapters, load_lora_state_dict, lora_state_dict, use_adapter
 from .objective import OPERATORS
+
+logger = get_logger(__name__)
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # complete checkpoints; one being written is "tmp-checkpoint-N"
@@ -34,6 +44,11 @@ def add_amd_arguments(parser):
     group.add_argument("--no_sharpen", dest="sharpen", action="store_false", help="Plain fake-teacher loss (W = 1).")
     group.add_argument("--group_size", type=int, default=4, help="K samples per prompt or class label (Eq. 12).")
     group.add_argument("--fake_update_ratio", type=int, default=5, help="The student is updated every N-th step (DMD2: 5).")
+    group.add_argument(
+        "--min_score_noise_level", type=float, default=0.02,
+        help="Student samples are re-noised to noise levels in [min, max] (0 clean, 1 pure noise) to be scored.",
+    )  # fmt: skip
+    group.add_argument("--max_score_noise_level", type=float, default=0.98)
 
 
 def add_optimization_arguments(parser):
@@ -86,6 +101,8 @@ def check_shared_args(parser, args):
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.fake_lora_rank is not None and args.fake_lora_rank < 1:
         parser.error(f"--fake_lora_rank must be at least 1, got {args.fake_lora_rank}.")
+    if not 0 <= args.min_score_noise_level <= args.max_score_noise_level <= 1:
+        parser.error("--min_score_noise_level and --max_score_noise_level need 0 <= min <= max <= 1 (0 clean, 1 noise).")
     if args.sensitivity < 0:
         parser.error(f"--sensitivity must be >= 0 (s of Eq. 13), got {args.sensitivity}.")
     if args.reward == "none" and (args.operator != "dmd" or args.sharpen):
@@ -94,6 +111,7 @@ def check_shared_args(parser, args):
         parser.error(f"--output_dir {args.output_dir!r} is an existing file: give a folder.")
     if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
         parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder: give a checkpoint-N folder, or 'latest'.")
+    args.lora_alpha = args.lora_alpha or args.lora_rank  # peft's scale is alpha / rank
 
 
 def exit_bad_input(script, error):
@@ -136,6 +154,26 @@ def make_accelerator(args):
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     return accelerator, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+
+
+def prepare_adapters(accelerator, network, target_modules, args, save_extra=None):
+    """Freeze ``network``, add the ``student`` and ``fake`` adapters, turn on gradient checkpointing if asked,
+    prepare it with accelerate with both adapters' optimizers, make checkpoints hold the adapters and resume.
+
+    Returns ``(network, model, updates, global_step)``: the prepared network for forwards whose gradient is
+    synchronized across processes, the unwrapped ``model`` for passes without grad, the :class:`AdapterUpdates`
+    and the step to start from. ``save_extra(folder, model)`` adds a trainer's own files to every checkpoint."""
+    network.to(accelerator.device).eval()  # eval: no dropout (DiT's label dropout included)
+    adapter_params = add_student_and_fake_adapters(network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank)
+    if args.gradient_checkpointing:
+        network.enable_gradient_checkpointing()
+    network = accelerator.prepare(network)
+    # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
+    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
+    model = accelerator.unwrap_model(network)
+    updates = AdapterUpdates(accelerator, model, adapter_params, args)
+    register_adapter_checkpoint_hooks(accelerator, model, save_extra)
+    return network, model, updates, resume(accelerator, args, model)
 
 
 def make_optimizers(args, adapter_params, num_processes):
@@ -210,8 +248,8 @@ class AdapterUpdates:
 
 def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
     """Make ``accelerator.save_state`` / ``load_state`` hold the two adapters instead of the frozen base:
-    ``<checkpoint>/student_lora.safetensors`` and ``fake_lora.safetensors``. ``save_extra(folder)`` adds a
-    trainer's own files (e.g. the student in diffusers' LoRA format) to every checkpoint."""
+    ``<checkpoint>/student_lora.safetensors`` and ``fake_lora.safetensors``. ``save_extra(folder, model)`` adds
+    a trainer's own files (e.g. the student in diffusers' LoRA format) to every checkpoint."""
 
     def save_model_hook(models, weights, output_dir):
         for _ in models:
@@ -220,7 +258,7 @@ def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
             for name in ADAPTERS:
                 save_file(lora_state_dict(model, name), os.path.join(output_dir, f"{name}_lora.safetensors"))
             if save_extra is not None:
-                save_extra(output_dir)
+                save_extra(output_dir, model)
 
     def load_model_hook(models, input_dir):
         models.clear()
@@ -318,3 +356,69 @@ def step_time_report(step_seconds, device):
     if device.type == "cuda":
         report += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     return report
+
+
+@contextlib.contextmanager
+def validation_rng(accelerator, seed):
+    """Seed validation sampling with ``seed`` without shifting the training's random stream."""
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def latest_validation(output_dir):
+    """``["validation/<file>"]`` for the last step's validation sample in ``output_dir``, or ``[]``."""
+    folder, pattern = os.path.join(output_dir, "validation"), re.compile(r"step-(\d+)\.\w+")
+    found = [f for f in os.listdir(folder) if pattern.fullmatch(f)] if os.path.isdir(folder) else []
+    return [f"validation/{max(found, key=lambda f: int(pattern.fullmatch(f)[1]))}"] if found else []
+
+
+class TrainingLoop:
+    """Algorithm 1's outer loop without its body. Iterating yields ``(global_step, student_turn)`` up to
+    ``--max_train_steps``; the body runs the AMD step and ends with :meth:`end_step`, which logs, advances
+    the progress bar, checkpoints and calls ``validate(step)`` at their cadences. :meth:`finish` reports the
+    step times and writes the outputs."""
+
+    def __init__(self, accelerator, args, updates, global_step, project, validate):
+        if accelerator.is_main_process:
+            accelerator.init_trackers(project, config={k: str(v) for k, v in vars(args).items()})
+        self.accelerator, self.args, self.updates, self.global_step, self.validate = accelerator, args, updates, global_step, validate
+        self.progress_bar = tqdm(
+            range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+        )
+        self.step_seconds = {"with a student update": [], "fake update only": []}  # wall time of each step
+
+    def __iter__(self):
+        while self.global_step < self.args.max_train_steps:
+            self.step_start = time.perf_counter()
+            self.student_turn = self.global_step % self.args.fake_update_ratio == 0
+            yield self.global_step, self.student_turn
+
+    def end_step(self, logs, rewards, advantages):
+        """Close the step: ``logs`` (the adapters' updates) plus :func:`step_logs` to the trackers and the
+        progress bar, its wall time, then a checkpoint and validation when due."""
+        self.global_step += 1
+        self.progress_bar.update(1)
+        logs.update(step_logs(rewards, advantages, self.updates.lr_schedulers))
+        kind = "with a student update" if self.student_turn else "fake update only"
+        self.step_seconds[kind].append(time.perf_counter() - self.step_start)  # the .item() calls synchronized
+        self.progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
+        self.accelerator.log(logs, step=self.global_step)
+        if self.global_step % self.args.checkpointing_steps == 0:
+            logger.info(f"Saved state to {save_checkpoint(self.accelerator, self.args, self.global_step)}")
+        last = self.global_step == self.args.max_train_steps
+        if self.accelerator.is_main_process and (self.global_step % self.args.validation_steps == 0 or last):
+            self.validate(self.global_step)
+
+    def finish(self, save_outputs):
+        """Log the median step times, call ``save_outputs()`` on the main process, push to the Hub if asked."""
+        accelerator, args = self.accelerator, self.args
+        logger.info(f"Median step time: {step_time_report(self.step_seconds, accelerator.device)}", main_process_only=False)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_outputs()
+            if args.push_to_hub:
+                repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
+                logger.info(f"Pushed to https://huggingface.co/{repo_id}")
+        accelerator.end_training()

@@ -223,6 +223,8 @@ BAD_INPUT = [
     ("sit", {"--reward": "hpsv9"}, "unknown reward 'hpsv9'"),
     ("sit", {"--reward_model_name_or_path": "/no/such/reward"}, "cannot load the DINOv2 reward '/no/such/reward'"),
     ("sit", {"--student_timesteps": "0.5"}, "--student_timesteps must rise from 0"),
+    ("sit", {"--max_score_noise_level": "1.5"}, "--min_score_noise_level and --max_score_noise_level need 0 <= min <= max <= 1"),
+    ("sit", {"--pretrained_vae_model_name_or_path": "/no/such/vae"}, "cannot load the VAE '/no/such/vae'"),
     ("sit", {"--resume_from_checkpoint": "latest", "--fake_lora_rank": "8"}, "the fake adapter in <out>/checkpoint-2 has rank 4: resume with the --fake_lora_rank it was trained with"),
 ]
 
