@@ -61,22 +61,62 @@ PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=SCRIPT, description="Adaptive Matching Distillation for SDXL (4-step LoRA student).")
+    parser = argparse.ArgumentParser(
+        prog=SCRIPT, description="Adaptive Matching Distillation for SDXL (4-step LoRA student)."
+    )
     group = parser.add_argument_group("models, reward and prompts")
     group.add_argument("--pretrained_model_name_or_path", required=True, help="SDXL pipeline folder or Hub id.")
-    group.add_argument("--pretrained_vae_model_name_or_path", default=None, help="e.g. madebyollin/sdxl-vae-fp16-fix; default: the pipeline's vae/.")
-    group.add_argument("--reward", default="hpsv2", help="hpsv2 (HPSv2.1), hpsv2.0, pickscore, clip, 'my_module:my_function', or 'none' (plain DMD with --operator dmd --no_sharpen: nothing decoded or scored).")
-    group.add_argument("--reward_model_name_or_path", "--reward_model_path", default=None, help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.")
-    group.add_argument("--prompts_file", default=None, help="A .txt file (one prompt a line), or a .csv / .jsonl with a --prompt_column.")
-    group.add_argument("--dataset_name", default=None, help="A datasets dataset with a --prompt_column, instead of --prompts_file.")
+    group.add_argument(
+        "--pretrained_vae_model_name_or_path",
+        default=None,
+        help="e.g. madebyollin/sdxl-vae-fp16-fix; default: the pipeline's vae/.",
+    )
+    group.add_argument(
+        "--reward",
+        default="hpsv2",
+        help=(
+            "hpsv2 (HPSv2.1), hpsv2.0, pickscore, clip, 'my_module:my_function', or 'none' (plain DMD with "
+            "--operator dmd --no_sharpen: nothing decoded or scored)."
+        ),
+    )
+    group.add_argument(
+        "--reward_model_name_or_path",
+        "--reward_model_path",
+        default=None,
+        help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.",
+    )
+    group.add_argument(
+        "--prompts_file",
+        default=None,
+        help="A .txt file (one prompt a line), or a .csv / .jsonl with a --prompt_column.",
+    )
+    group.add_argument(
+        "--dataset_name", default=None, help="A datasets dataset with a --prompt_column, instead of --prompts_file."
+    )
     group.add_argument("--dataset_split", default="train")
     group.add_argument("--prompt_column", default="prompt")
     add_amd_arguments(parser)
     group = parser.add_argument_group("SDXL")
     group.add_argument("--resolution", type=int, default=1024)
-    group.add_argument("--real_guidance_scale", type=float, default=8.0, help="CFG scale w of the real teacher, uncond + w (cond - uncond), uncond = zero embeddings.")
-    group.add_argument("--student_timesteps", type=int, nargs="+", default=[999, 749, 499, 249], help="The student's DDPM timesteps, falling, the first the noisiest.")
-    group.add_argument("--reward_resolution", type=int, default=512, help="Decoded samples are resized to this before the reward (which resizes again to its own input).")
+    group.add_argument(
+        "--real_guidance_scale",
+        type=float,
+        default=8.0,
+        help="CFG scale w of the real teacher, uncond + w (cond - uncond), uncond = zero embeddings.",
+    )
+    group.add_argument(
+        "--student_timesteps",
+        type=int,
+        nargs="+",
+        default=[999, 749, 499, 249],
+        help="The student's DDPM timesteps, falling, the first the noisiest.",
+    )
+    group.add_argument(
+        "--reward_resolution",
+        type=int,
+        default=512,
+        help="Decoded samples are resized to this before the reward (which resizes again to its own input).",
+    )
     group.add_argument("--validation_prompts", nargs="+", default=None, help="Default: the first 4 training prompts.")
     add_optimization_arguments(parser)
     add_output_arguments(parser)
@@ -104,7 +144,9 @@ def load_prompts(args):
         try:
             prompts = load_dataset(args.dataset_name, split=args.dataset_split)[args.prompt_column]
         except Exception as error:  # datasets raises many types for a missing dataset, split or column
-            raise ValueError(f"cannot read the column {args.prompt_column!r} of the dataset {args.dataset_name!r} ({error}).") from None
+            raise ValueError(
+                f"cannot read the column {args.prompt_column!r} of the dataset {args.dataset_name!r} ({error})."
+            ) from None
         source = args.dataset_name
     else:
         path, extension = args.prompts_file, os.path.splitext(args.prompts_file)[1].lower()
@@ -139,8 +181,12 @@ def load_models(args, device, dtype):
         tokenizers = [AutoTokenizer.from_pretrained(path, subfolder=name) for name in ("tokenizer", "tokenizer_2")]
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError):  # weights missing or unreadable
-        raise ValueError(f"cannot load an SDXL pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable.") from None
-    vae_source, subfolder = (args.pretrained_vae_model_name_or_path, None) if args.pretrained_vae_model_name_or_path else (path, "vae")
+        raise ValueError(
+            f"cannot load an SDXL pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable."
+        ) from None
+    vae_source, subfolder = (
+        (args.pretrained_vae_model_name_or_path, None) if args.pretrained_vae_model_name_or_path else (path, "vae")
+    )
     try:
         vae = AutoencoderKL.from_pretrained(vae_source, subfolder=subfolder, torch_dtype=dtype)
     except (OSError, ValueError):
@@ -155,7 +201,9 @@ def encode_prompts(prompts, text_encoders, tokenizers):
     pooled projection."""
     hidden_states = []
     for tokenizer, encoder in zip(tokenizers, text_encoders):
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         output = encoder(ids.to(encoder.device), output_hidden_states=True)
         hidden_states.append(output.hidden_states[-2])
     return torch.cat(hidden_states, dim=-1), output[0]
@@ -166,7 +214,9 @@ def predict_x0(model, adapter, x_t, t, condition, schedule):
     real teacher). ``condition``: (prompt embeddings, pooled embeddings, time ids), one row per sample."""
     use_adapter(model, adapter)
     prompt_embeds, pooled, time_ids = condition
-    output = model(x_t, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    output = model(
+        x_t, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+    ).sample
     return ddpm_x0(x_t, output, schedule.alphas_cumprod, t, schedule.config.prediction_type)
 
 
@@ -178,7 +228,9 @@ def student_input(model, condition, schedule, student_timesteps, num_steps, shap
         for i in range(num_steps):
             t = torch.full((shape[0],), student_timesteps[i], device=device, dtype=torch.long)
             x0 = predict_x0(model, STUDENT, x.to(model.dtype), t, condition, schedule)
-            x = ddpm_add_noise(x0, torch.randn_like(x0), schedule.alphas_cumprod, torch.full_like(t, student_timesteps[i + 1]))
+            x = ddpm_add_noise(
+                x0, torch.randn_like(x0), schedule.alphas_cumprod, torch.full_like(t, student_timesteps[i + 1])
+            )
     return x
 
 
@@ -209,7 +261,9 @@ def main(args):
         save_extra = functools.partial(save_student_lora, args=args)  # checkpoints hold diffusers' LoRA format too
         unet, model, updates, global_step = prepare_adapters(accelerator, unet, LORA_TARGET_MODULES, args, save_extra)
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
-            grey = torch.full((args.group_size, 3, args.reward_resolution, args.reward_resolution), 0.5, device=accelerator.device)
+            grey = torch.full(
+                (args.group_size, 3, args.reward_resolution, args.reward_resolution), 0.5, device=accelerator.device
+            )
             score(reward, grey, prompts[:1] * args.group_size)
     except ValueError as error:
         exit_bad_input(SCRIPT, error)
@@ -218,7 +272,9 @@ def main(args):
     latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
     shape = (args.train_batch_size, model.config.in_channels, latent_size, latent_size)
     num_groups = args.train_batch_size // args.group_size
-    time_ids = torch.tensor([args.resolution, args.resolution, 0, 0, args.resolution, args.resolution], device=accelerator.device)
+    time_ids = torch.tensor(
+        [args.resolution, args.resolution, 0, 0, args.resolution, args.resolution], device=accelerator.device
+    )
     time_ids = time_ids.to(weight_dtype).repeat(args.train_batch_size, 1)  # original size, crop, target size
     num_train_timesteps = schedule.config.num_train_timesteps
     # The score noise levels as DDPM timesteps (level 0.98 -> t = 980).
@@ -226,20 +282,28 @@ def main(args):
                                 for level in (args.min_score_noise_level, args.max_score_noise_level))  # fmt: skip
 
     # ------------------------------------------------------------------ training loop (Algorithm 1)
-    validate = functools.partial(log_validation, accelerator, model, vae, text_encoders, tokenizers, schedule, args, validation_prompts)
+    validate = functools.partial(
+        log_validation, accelerator, model, vae, text_encoders, tokenizers, schedule, args, validation_prompts
+    )
     loop = TrainingLoop(accelerator, args, updates, global_step, "amd-sdxl", validate)
     for global_step, student_turn in loop:
         logs = {}
 
         # 1. K samples per prompt, the text encoded once for every network; the student runs one of its steps.
-        batch_prompts = [prompts[i] for i in torch.randint(0, len(prompts), (num_groups,)).tolist() for _ in range(args.group_size)]
+        batch_prompts = [
+            prompts[i] for i in torch.randint(0, len(prompts), (num_groups,)).tolist() for _ in range(args.group_size)
+        ]
         prompt_embeds, pooled = encode_prompts(batch_prompts, text_encoders, tokenizers)
         condition = (prompt_embeds, pooled, time_ids)
         step_index = torch.randint(0, len(args.student_timesteps), ()).item()  # one student step per batch
         x_in = student_input(model, condition, schedule, args.student_timesteps, step_index, shape, accelerator.device)
-        t_student = torch.full((shape[0],), args.student_timesteps[step_index], device=accelerator.device, dtype=torch.long)
+        t_student = torch.full(
+            (shape[0],), args.student_timesteps[step_index], device=accelerator.device, dtype=torch.long
+        )
         with torch.set_grad_enabled(student_turn):
-            x = predict_x0(unet if student_turn else model, STUDENT, x_in.to(weight_dtype), t_student, condition, schedule)
+            x = predict_x0(
+                unet if student_turn else model, STUDENT, x_in.to(weight_dtype), t_student, condition, schedule
+            )
 
         # 2. Reward-aware diagnosis (Eq. 12): rewards of the decoded samples, advantages within each group.
         if reward is None:  # plain DMD: nothing to decode or score
@@ -256,7 +320,9 @@ def main(args):
                 if args.real_guidance_scale != 1:  # unconditional: all-zero text embeddings (DMD2's SDXL)
                     zero = (torch.zeros_like(prompt_embeds), torch.zeros_like(pooled))
                     both = (torch.cat([prompt_embeds, zero[0]]), torch.cat([pooled, zero[1]]), time_ids.repeat(2, 1))
-                    x0_real_cond, x0_real_uncond = predict_x0(model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), both, schedule).chunk(2)
+                    x0_real_cond, x0_real_uncond = predict_x0(
+                        model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), both, schedule
+                    ).chunk(2)
                 else:
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, condition, schedule)
                 x0_fake = predict_x0(model, FAKE, x_t, t, condition, schedule)
@@ -273,7 +339,12 @@ def main(args):
         noise = torch.randn_like(sample)
         use_adapter(model, FAKE)
         noisy = ddpm_add_noise(sample, noise, schedule.alphas_cumprod, t).to(weight_dtype)
-        output = unet(noisy, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        output = unet(
+            noisy,
+            t,
+            encoder_hidden_states=prompt_embeds,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+        ).sample
         target = ddpm_model_target(sample, noise, schedule.alphas_cumprod, t, schedule.config.prediction_type)
         fake_loss = weighted_denoising_loss(output, target, fake_sample_weights(advantages, args.sharpen))
         logs.update(updates.step(FAKE, fake_loss, global_step))
@@ -289,7 +360,9 @@ def log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule,
     """Student samples for fixed seeds, in its own steps: a grid PNG in the output folder and the trackers."""
     with validation_rng(accelerator, args.seed):
         prompt_embeds, pooled = encode_prompts(prompts, text_encoders, tokenizers)
-        time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * len(prompts))
+        time_ids = torch.tensor(
+            [[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]] * len(prompts)
+        )
         condition = (prompt_embeds, pooled, time_ids.to(accelerator.device, prompt_embeds.dtype))
         latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
         shape = (len(prompts), model.config.in_channels, latent_size, latent_size)
@@ -327,10 +400,12 @@ def save_outputs(args, model):
         usage=(
             "import torch\n"
             "from diffusers import LCMScheduler, StableDiffusionXLPipeline\n\n"
-            f'pipe = StableDiffusionXLPipeline.from_pretrained("{args.pretrained_model_name_or_path}", torch_dtype=torch.float16).to("cuda")\n'
+            f'pipe = StableDiffusionXLPipeline.from_pretrained("{args.pretrained_model_name_or_path}", '
+            'torch_dtype=torch.float16).to("cuda")\n'
             f'pipe.load_lora_weights("{args.hub_model_id or args.output_dir}")\n'
             "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)\n"
-            f'image = pipe("a photo of a cat", num_inference_steps={steps}, timesteps={args.student_timesteps}, guidance_scale=0).images[0]'
+            f'image = pipe("a photo of a cat", num_inference_steps={steps}, timesteps={args.student_timesteps}, '
+            "guidance_scale=0).images[0]"
         ),
         settings={**amd_settings(args), "student_timesteps": args.student_timesteps, "resolution": args.resolution},
         images=latest_validation(args.output_dir),

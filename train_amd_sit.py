@@ -55,20 +55,46 @@ LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=SCRIPT, description="Adaptive Matching Distillation for SiT / DiT flow models.")
+    parser = argparse.ArgumentParser(
+        prog=SCRIPT, description="Adaptive Matching Distillation for SiT / DiT flow models."
+    )
     group = parser.add_argument_group("models and reward")
-    group.add_argument("--pretrained_model_name_or_path", required=True, help="SiT pipeline folder or Hub id (transformer/ in DiT format).")
+    group.add_argument(
+        "--pretrained_model_name_or_path",
+        required=True,
+        help="SiT pipeline folder or Hub id (transformer/ in DiT format).",
+    )
     group.add_argument(
         "--pretrained_vae_model_name_or_path", default=None,
         help="VAE of a latent model (e.g. stabilityai/sd-vae-ft-ema); default: the base folder's vae/, if any.",
     )  # fmt: skip
-    group.add_argument("--reward", default="dinov2", help="'dinov2', 'my_module:my_function', or 'none' (plain DMD with --operator dmd --no_sharpen: nothing decoded or scored).")
+    group.add_argument(
+        "--reward",
+        default="dinov2",
+        help=(
+            "'dinov2', 'my_module:my_function', or 'none' (plain DMD with --operator dmd --no_sharpen: nothing "
+            "decoded or scored)."
+        ),
+    )
     group.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
     add_amd_arguments(parser)
     group = parser.add_argument_group("SiT")
-    group.add_argument("--real_guidance_scale", type=float, default=1.5, help="CFG scale w of the real teacher, standard form uncond + w (cond - uncond).")
-    group.add_argument("--student_timesteps", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75], help="SiT times (0 = noise) the student denoises from; the first must be 0.")
-    group.add_argument("--validation_class_labels", type=int, nargs="+", default=None, help="Default: the first 8 classes.")
+    group.add_argument(
+        "--real_guidance_scale",
+        type=float,
+        default=1.5,
+        help="CFG scale w of the real teacher, standard form uncond + w (cond - uncond).",
+    )
+    group.add_argument(
+        "--student_timesteps",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5, 0.75],
+        help="SiT times (0 = noise) the student denoises from; the first must be 0.",
+    )
+    group.add_argument(
+        "--validation_class_labels", type=int, nargs="+", default=None, help="Default: the first 8 classes."
+    )
     add_optimization_arguments(parser)
     add_output_arguments(parser)
     parser.set_defaults(output_dir="sit-amd")
@@ -84,7 +110,9 @@ def load_models(args, device, dtype):
     """The frozen base transformer, the VAE (None for pixel-space models) and the reward (None for 'none')."""
     check_pipeline(args.pretrained_model_name_or_path, {"transformer": "DiTTransformer2DModel"}, "a SiT / DiT")
     try:
-        transformer = DiTTransformer2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="transformer", torch_dtype=dtype)
+        transformer = DiTTransformer2DModel.from_pretrained(
+            args.pretrained_model_name_or_path, subfolder="transformer", torch_dtype=dtype
+        )
     except (OSError, ValueError):  # weights missing or unreadable
         raise ValueError(
             f"cannot load a DiT transformer from {args.pretrained_model_name_or_path!r}: give a SiT pipeline folder "
@@ -145,7 +173,9 @@ def main(args):
         transformer, model, updates, global_step = prepare_adapters(accelerator, transformer, LORA_TARGET_MODULES, args)
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
             zeros = torch.zeros(args.group_size, channels, size, size, device=accelerator.device)
-            score(reward, to_images(zeros, vae), torch.zeros(args.group_size, dtype=torch.long, device=accelerator.device))
+            score(
+                reward, to_images(zeros, vae), torch.zeros(args.group_size, dtype=torch.long, device=accelerator.device)
+            )
     except ValueError as error:
         exit_bad_input(SCRIPT, error)
 
@@ -161,7 +191,9 @@ def main(args):
         logs = {}
 
         # 1. K samples per class label; the student runs one of its steps (backward simulation).
-        class_labels = torch.randint(0, num_classes, (num_groups,), device=accelerator.device).repeat_interleave(args.group_size)
+        class_labels = torch.randint(0, num_classes, (num_groups,), device=accelerator.device).repeat_interleave(
+            args.group_size
+        )
         step_index = torch.randint(0, num_student_steps, ()).item()  # one student step per batch
         x_in = student_input(model, class_labels, args.student_timesteps, step_index, shape, accelerator.device)
         t_student = torch.full((shape[0],), args.student_timesteps[step_index], device=accelerator.device)
@@ -182,7 +214,9 @@ def main(args):
             with torch.no_grad():
                 if args.real_guidance_scale != 1:
                     null_labels = torch.full_like(class_labels, num_classes)
-                    both = predict_x0(model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([class_labels, null_labels]))
+                    both = predict_x0(
+                        model, None, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([class_labels, null_labels])
+                    )
                     x0_real_cond, x0_real_uncond = both.chunk(2)
                 else:
                     x0_real_cond = x0_real_uncond = predict_x0(model, None, x_t, t, class_labels)
@@ -198,8 +232,12 @@ def main(args):
         t = (1 - score_noise_levels(args, shape[0], accelerator.device)).to(sample.dtype)
         noise = torch.randn_like(sample)
         use_adapter(model, FAKE)
-        velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[:, :channels]
-        fake_loss = weighted_denoising_loss(velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen))
+        velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[
+            :, :channels
+        ]
+        fake_loss = weighted_denoising_loss(
+            velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen)
+        )
         logs.update(updates.step(FAKE, fake_loss, global_step))
         loop.end_step(logs, rewards, advantages)
 
@@ -237,7 +275,9 @@ def save_outputs(args, model, vae, class_labels):
     lora_dir = os.path.join(args.output_dir, "student_lora")
     os.makedirs(lora_dir, exist_ok=True)
     save_file(lora_state_dict(model, STUDENT), os.path.join(lora_dir, "adapter_model.safetensors"))
-    LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES).save_pretrained(lora_dir)
+    LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES).save_pretrained(
+        lora_dir
+    )
     write_model_card(
         args.output_dir,
         base_model=args.pretrained_model_name_or_path,
@@ -249,10 +289,15 @@ def save_outputs(args, model, vae, class_labels):
         ),
         usage=(
             "from diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{args.hub_model_id or args.output_dir}", trust_remote_code=True)\n'
+            f'pipe = DiffusionPipeline.from_pretrained("{args.hub_model_id or args.output_dir}", '
+            "trust_remote_code=True)\n"
             f"images = pipe(class_labels={class_labels}).images  # {len(sigmas)} steps, no guidance"
         ),
-        settings={**amd_settings(args), "student_timesteps": args.student_timesteps, "reward_model": args.reward_model_name_or_path},
+        settings={
+            **amd_settings(args),
+            "student_timesteps": args.student_timesteps,
+            "reward_model": args.reward_model_name_or_path,
+        },
         images=latest_validation(args.output_dir),
         tags=["sit", "class-conditional"],
     )

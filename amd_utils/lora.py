@@ -10,7 +10,12 @@ import warnings
 
 import torch
 from peft import LoraConfig
-from peft.functional import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict, set_requires_grad
+from peft.functional import (
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_peft_model_state_dict,
+    set_requires_grad,
+)
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 STUDENT, FAKE = "student", "fake"

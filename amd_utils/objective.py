@@ -24,7 +24,9 @@ def standardize_in_groups(rewards: torch.Tensor, group_size: int, eps: float = 1
     if group_size < 2:
         raise ValueError(f"group_size must be at least 2 to compare samples within a group, got {group_size}.")
     if rewards.ndim != 1:
-        raise ValueError(f"rewards must be one value per sample, shape (num_groups * K,), got shape {tuple(rewards.shape)}.")
+        raise ValueError(
+            f"rewards must be one value per sample, shape (num_groups * K,), got shape {tuple(rewards.shape)}."
+        )
     if rewards.numel() == 0 or rewards.numel() % group_size != 0:
         raise ValueError(
             f"the batch of {rewards.numel()} rewards is not a whole number of groups of {group_size}: "
@@ -65,7 +67,9 @@ def distribution_matching_term(d_real_cond: torch.Tensor, d_fake: torch.Tensor) 
     return d_real_cond - d_fake
 
 
-def cfg_augmentation_term(d_real_cond: torch.Tensor, d_real_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+def cfg_augmentation_term(
+    d_real_cond: torch.Tensor, d_real_uncond: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
     """CA term of Eq. 9: ``(w - 1) * (d_real_cond - d_real_uncond)``."""
     return (guidance_scale - 1.0) * (d_real_cond - d_real_uncond)
 

@@ -78,7 +78,9 @@ class SiTPipeline(DiffusionPipeline):
         for i, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([sample, sample]) if guided else sample
             sit_time = (1.0 - self.scheduler.sigmas[i]).to(device=device, dtype=self.transformer.dtype)
-            velocity = self.transformer(model_input, timestep=sit_time.expand(len(model_input)), class_labels=labels).sample
+            velocity = self.transformer(
+                model_input, timestep=sit_time.expand(len(model_input)), class_labels=labels
+            ).sample
             velocity = velocity[:, : config.in_channels]  # learned-sigma channels, if any, are unused
             if guided:
                 cond, uncond = velocity.chunk(2)

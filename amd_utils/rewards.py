@@ -46,7 +46,9 @@ def load_reward(name, model_name_or_path=None, device="cpu"):
         return hpsv2_reward(model_name_or_path, HPSV2_CHECKPOINTS[name], device)
     if name in CLIP_REWARDS:
         return clip_reward(name, model_name_or_path, device)
-    raise ValueError(f"unknown reward {name!r}: use one of {', '.join(REWARDS)}, or 'my_module:my_function' for your own.")
+    raise ValueError(
+        f"unknown reward {name!r}: use one of {', '.join(REWARDS)}, or 'my_module:my_function' for your own."
+    )
 
 
 def score(reward, images, conditions):
@@ -55,7 +57,9 @@ def score(reward, images, conditions):
         rewards = reward(images, conditions)
     if not isinstance(rewards, torch.Tensor) or tuple(rewards.shape) != (len(images),):
         got = f"shape {tuple(rewards.shape)}" if isinstance(rewards, torch.Tensor) else f"a {type(rewards).__name__}"
-        raise ValueError(f"the reward must return a tensor of shape ({len(images)},), one value per sample, but returned {got}.")
+        raise ValueError(
+            f"the reward must return a tensor of shape ({len(images)},), one value per sample, but returned {got}."
+        )
     return rewards.detach().float()
 
 
@@ -73,7 +77,9 @@ def resize_crop_normalize(images, size, crop, mean, std):
     if size is not None:
         height, width = images.shape[-2:]
         scale = size / min(height, width)
-        images = F.interpolate(images, size=(round(height * scale), round(width * scale)), mode="bicubic", antialias=True)
+        images = F.interpolate(
+            images, size=(round(height * scale), round(width * scale)), mode="bicubic", antialias=True
+        )
     if crop is not None:
         top, left = (images.shape[-2] - crop[0]) // 2, (images.shape[-1] - crop[1]) // 2
         images = images[..., top : top + crop[0], left : left + crop[1]]
@@ -141,11 +147,17 @@ def hpsv2_reward(checkpoint_path, checkpoint_name, device, architecture=HPSV2_AR
         except Exception:  # offline and not cached, or the Hub is unreachable: huggingface_hub raises several types
             raise ValueError(
                 f"cannot get the HPSv2 checkpoint {checkpoint_name} from the Hub repository {HPSV2_REPO}: it is not "
-                "cached and the Hub cannot be reached, so download it and point --reward_model_name_or_path at the file."
+                "cached and the Hub cannot be reached, so download it and point --reward_model_name_or_path at the "
+                "file."
             ) from None
     elif not os.path.isfile(checkpoint_path):
-        raise ValueError(f"the HPSv2 checkpoint {checkpoint_path!r} is not a file: point --reward_model_name_or_path at HPSv2's .pt file.")
-    model = open_clip.create_model(architecture, pretrained=None, device="cpu")  # the HPS weights replace the random ones
+        raise ValueError(
+            f"the HPSv2 checkpoint {checkpoint_path!r} is not a file: point --reward_model_name_or_path at HPSv2's "
+            ".pt file."
+        )
+    model = open_clip.create_model(
+        architecture, pretrained=None, device="cpu"
+    )  # the HPS weights replace the random ones
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     model.load_state_dict(checkpoint.get("state_dict", checkpoint))
     model = model.to(device).eval().requires_grad_(False)
@@ -155,9 +167,13 @@ def hpsv2_reward(checkpoint_path, checkpoint_name, device, architecture=HPSV2_AR
 
     @torch.no_grad()
     def reward(images, prompts):
-        pixel_values = resize_crop_normalize(images.to(device, torch.float32), size, (size, size), config["mean"], config["std"])
+        pixel_values = resize_crop_normalize(
+            images.to(device, torch.float32), size, (size, size), config["mean"], config["std"]
+        )
         image_embeddings = model.encode_image(pixel_values, normalize=True)
-        text_embeddings = _embed_prompts(lambda texts: model.encode_text(tokenizer(texts).to(device), normalize=True), prompts)
+        text_embeddings = _embed_prompts(
+            lambda texts: model.encode_text(tokenizer(texts).to(device), normalize=True), prompts
+        )
         return (image_embeddings * text_embeddings).sum(-1).float()
 
     return reward
@@ -192,8 +208,12 @@ def clip_reward(name, model_name_or_path, device):
 
     @torch.no_grad()
     def reward(images, prompts):
-        pixel_values = resize_crop_normalize(images.to(device, torch.float32), size, crop, image_processor.image_mean, image_processor.image_std)
-        image_embeddings = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output), dim=-1)
+        pixel_values = resize_crop_normalize(
+            images.to(device, torch.float32), size, crop, image_processor.image_mean, image_processor.image_std
+        )
+        image_embeddings = F.normalize(
+            model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output), dim=-1
+        )
         return (model.logit_scale.exp() * (image_embeddings * _embed_prompts(encode_text, prompts)).sum(-1)).float()
 
     return reward

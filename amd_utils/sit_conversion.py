@@ -106,7 +106,8 @@ def infer_dit_config(state_dict, num_attention_heads):
     mlp_hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
     if patch_size != patch_width or grid_size * grid_size != num_tokens:
         raise ValueError(
-            f"Only square patches and images are supported, got {patch_size}x{patch_width} patches, {num_tokens} tokens."
+            f"Only square patches and images are supported, got {patch_size}x{patch_width} patches, {num_tokens} "
+            "tokens."
         )
     if hidden_size % num_attention_heads:
         raise ValueError(

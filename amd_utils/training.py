@@ -27,7 +27,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .hub import push_to_hub
-from .lora import ADAPTERS, FAKE, STUDENT, add_student_and_fake_adapters, load_lora_state_dict, lora_state_dict, use_adapter
+from .lora import (
+    ADAPTERS,
+    FAKE,
+    STUDENT,
+    add_student_and_fake_adapters,
+    load_lora_state_dict,
+    lora_state_dict,
+    use_adapter,
+)
 from .objective import OPERATORS
 
 logger = get_logger(__name__)
@@ -38,12 +46,22 @@ CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # complete checkpoints; one being 
 
 def add_amd_arguments(parser):
     group = parser.add_argument_group("AMD")
-    group.add_argument("--operator", default="amd", choices=OPERATORS, help="dmd (Eq. 7), naive (Eq. 8) or amd (Eq. 10).")
+    group.add_argument(
+        "--operator", default="amd", choices=OPERATORS, help="dmd (Eq. 7), naive (Eq. 8) or amd (Eq. 10)."
+    )
     group.add_argument("--sensitivity", type=float, default=0.5, help="s of Eq. 13.")
-    group.add_argument("--sharpen", dest="sharpen", action="store_true", default=True, help="Repulsive landscape sharpening, W(a) = exp(-a) (Eq. 14; default).")
+    group.add_argument(
+        "--sharpen",
+        dest="sharpen",
+        action="store_true",
+        default=True,
+        help="Repulsive landscape sharpening, W(a) = exp(-a) (Eq. 14; default).",
+    )
     group.add_argument("--no_sharpen", dest="sharpen", action="store_false", help="Plain fake-teacher loss (W = 1).")
     group.add_argument("--group_size", type=int, default=4, help="K samples per prompt or class label (Eq. 12).")
-    group.add_argument("--fake_update_ratio", type=int, default=5, help="The student is updated every N-th step (DMD2: 5).")
+    group.add_argument(
+        "--fake_update_ratio", type=int, default=5, help="The student is updated every N-th step (DMD2: 5)."
+    )
     group.add_argument(
         "--min_score_noise_level", type=float, default=0.02,
         help="Student samples are re-noised to noise levels in [min, max] (0 clean, 1 pure noise) to be scored.",
@@ -53,10 +71,14 @@ def add_amd_arguments(parser):
 
 def add_optimization_arguments(parser):
     group = parser.add_argument_group("optimization")
-    group.add_argument("--train_batch_size", type=int, default=32, help="Samples per device and step: a multiple of --group_size.")
+    group.add_argument(
+        "--train_batch_size", type=int, default=32, help="Samples per device and step: a multiple of --group_size."
+    )
     group.add_argument("--max_train_steps", type=int, default=2000, help="Steps; each updates the fake teacher.")
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Student adapter learning rate.")
-    group.add_argument("--fake_learning_rate", type=float, default=None, help="Fake adapter learning rate (default: --learning_rate).")
+    group.add_argument(
+        "--fake_learning_rate", type=float, default=None, help="Fake adapter learning rate (default: --learning_rate)."
+    )
     group.add_argument("--lr_scheduler", default="constant", help="diffusers' get_scheduler name.")
     group.add_argument("--lr_warmup_steps", type=int, default=0)
     group.add_argument("--adam_beta1", type=float, default=0.9)
@@ -64,14 +86,33 @@ def add_optimization_arguments(parser):
     group.add_argument("--adam_weight_decay", type=float, default=0.0)
     group.add_argument("--adam_epsilon", type=float, default=1e-8)
     group.add_argument("--max_grad_norm", type=float, default=1.0)
-    group.add_argument("--max_nonfinite_steps", type=int, default=10, help="Stop after this many consecutive skipped updates of one adapter (non-finite loss or gradient).")
+    group.add_argument(
+        "--max_nonfinite_steps",
+        type=int,
+        default=10,
+        help="Stop after this many consecutive skipped updates of one adapter (non-finite loss or gradient).",
+    )
     group.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
     group.add_argument("--lora_rank", type=int, default=32)
     group.add_argument("--lora_alpha", type=int, default=None, help="Default: --lora_rank.")
-    group.add_argument("--fake_lora_rank", type=int, default=None, help="Rank of the fake adapter (default: --lora_rank); both adapters use --lora_alpha.")
-    group.add_argument("--mixed_precision", default=None, choices=["no", "bf16"], help="fp16 is not offered: its loss scaler would be shared by two optimizers.")
+    group.add_argument(
+        "--fake_lora_rank",
+        type=int,
+        default=None,
+        help="Rank of the fake adapter (default: --lora_rank); both adapters use --lora_alpha.",
+    )
+    group.add_argument(
+        "--mixed_precision",
+        default=None,
+        choices=["no", "bf16"],
+        help="fp16 is not offered: its loss scaler would be shared by two optimizers.",
+    )
     group.add_argument("--gradient_checkpointing", action="store_true")
-    group.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere or newer GPUs: an fp32 reward model runs ~3x faster.")
+    group.add_argument(
+        "--allow_tf32",
+        action="store_true",
+        help="TF32 matmuls on Ampere or newer GPUs: an fp32 reward model runs ~3x faster.",
+    )
     group.add_argument("--seed", type=int, default=0)
 
 
@@ -83,7 +124,11 @@ def add_output_arguments(parser):
     group.add_argument("--validation_steps", type=int, default=200)
     group.add_argument("--checkpointing_steps", type=int, default=500)
     group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder, or 'latest' in --output_dir (a fresh start when there is none).")
+    group.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="A checkpoint-N folder, or 'latest' in --output_dir (a fresh start when there is none).",
+    )
     group.add_argument("--push_to_hub", action="store_true")
     group.add_argument("--hub_model_id", default=None)
     group.add_argument("--hub_token", default=None)
@@ -95,14 +140,26 @@ def check_shared_args(parser, args):
     if args.group_size < 2:
         parser.error(f"--group_size must be at least 2 to rank samples within a group, got {args.group_size}.")
     if args.train_batch_size % args.group_size != 0:
-        parser.error(f"--train_batch_size {args.train_batch_size} is not a multiple of --group_size {args.group_size}: make it one.")
-    for name in ("max_train_steps", "fake_update_ratio", "validation_steps", "checkpointing_steps", "lora_rank", "max_nonfinite_steps"):
+        parser.error(
+            f"--train_batch_size {args.train_batch_size} is not a multiple of --group_size {args.group_size}: make "
+            "it one."
+        )
+    for name in (
+        "max_train_steps",
+        "fake_update_ratio",
+        "validation_steps",
+        "checkpointing_steps",
+        "lora_rank",
+        "max_nonfinite_steps",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.fake_lora_rank is not None and args.fake_lora_rank < 1:
         parser.error(f"--fake_lora_rank must be at least 1, got {args.fake_lora_rank}.")
     if not 0 <= args.min_score_noise_level <= args.max_score_noise_level <= 1:
-        parser.error("--min_score_noise_level and --max_score_noise_level need 0 <= min <= max <= 1 (0 clean, 1 noise).")
+        parser.error(
+            "--min_score_noise_level and --max_score_noise_level need 0 <= min <= max <= 1 (0 clean, 1 noise)."
+        )
     if args.sensitivity < 0:
         parser.error(f"--sensitivity must be >= 0 (s of Eq. 13), got {args.sensitivity}.")
     if args.reward == "none" and (args.operator != "dmd" or args.sharpen):
@@ -110,7 +167,10 @@ def check_shared_args(parser, args):
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is an existing file: give a folder.")
     if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
-        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder: give a checkpoint-N folder, or 'latest'.")
+        parser.error(
+            f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a folder: give a checkpoint-N folder, "
+            "or 'latest'."
+        )
     args.lora_alpha = args.lora_alpha or args.lora_rank  # peft's scale is alpha / rank
 
 
@@ -128,24 +188,34 @@ def check_pipeline(path, components, family):
     try:
         index = DiffusionPipeline.load_config(path)
     except (OSError, ValueError):  # not on disk, not reachable, or not even a valid Hub id
-        raise ValueError(f"cannot load {family} pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable.") from None
+        raise ValueError(
+            f"cannot load {family} pipeline from {path!r}: give a local pipeline folder or a Hub id that is reachable."
+        ) from None
     pipeline_class = index.get("_class_name", "pipeline")
     pipeline_class = pipeline_class[-1] if isinstance(pipeline_class, list) else pipeline_class  # custom: [file, class]
     for folder, class_name in components.items():
         found = (index.get(folder) or [None, None])[1]
         if found != class_name:
-            raise ValueError(f"{path!r} is a {pipeline_class} whose {folder} is {found or 'missing'}, not {class_name}: give {family} pipeline.")
+            raise ValueError(
+                f"{path!r} is a {pipeline_class} whose {folder} is {found or 'missing'}, not {class_name}: give "
+                f"{family} pipeline."
+            )
 
 
 def make_accelerator(args):
     """The ``Accelerator`` of a run, logging set up, each process seeded apart (its own prompts or labels
     and noise), TF32 on if asked; returns it with the dtype of the frozen weights."""
     if args.mixed_precision == "bf16" and not is_bf16_available():
-        raise ValueError("--mixed_precision bf16 needs a device with bfloat16 support (an Ampere or newer GPU, or the CPU): use --mixed_precision no.")
+        raise ValueError(
+            "--mixed_precision bf16 needs a device with bfloat16 support (an Ampere or newer GPU, or the CPU): use "
+            "--mixed_precision no."
+        )
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
         # The student's backward leaves the fake adapter without grads and vice versa.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -164,7 +234,9 @@ def prepare_adapters(accelerator, network, target_modules, args, save_extra=None
     synchronized across processes, the unwrapped ``model`` for passes without grad, the :class:`AdapterUpdates`
     and the step to start from. ``save_extra(folder, model)`` adds a trainer's own files to every checkpoint."""
     network.to(accelerator.device).eval()  # eval: no dropout (DiT's label dropout included)
-    adapter_params = add_student_and_fake_adapters(network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank)
+    adapter_params = add_student_and_fake_adapters(
+        network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank
+    )
     if args.gradient_checkpointing:
         network.enable_gradient_checkpointing()
     network = accelerator.prepare(network)
@@ -183,7 +255,9 @@ def make_optimizers(args, adapter_params, num_processes):
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise ValueError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes, or drop the flag.") from None
+            raise ValueError(
+                "--use_8bit_adam needs bitsandbytes: pip install bitsandbytes, or drop the flag."
+            ) from None
         optimizer_class = bnb.optim.AdamW8bit
     else:
         optimizer_class = torch.optim.AdamW
@@ -241,9 +315,14 @@ class AdapterUpdates:
             last = os.path.join(self.args.output_dir, found[-1]) if found else "none was saved"
             raise SystemExit(
                 f"stopped at step {global_step + 1}: the {name} adapter's loss or gradient was not finite for "
-                f"{self.skipped_in_a_row[name]} updates in a row (--max_nonfinite_steps); the last good checkpoint: {last}."
+                f"{self.skipped_in_a_row[name]} updates in a row (--max_nonfinite_steps); the last good checkpoint: "
+                f"{last}."
             )
-        return {f"loss/{name}": loss.detach().item(), f"grad_norm/{name}": grad_norm.item(), f"skipped/{name}": self.skipped[name]}
+        return {
+            f"loss/{name}": loss.detach().item(),
+            f"grad_norm/{name}": grad_norm.item(),
+            f"skipped/{name}": self.skipped[name],
+        }
 
 
 def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
@@ -283,11 +362,19 @@ def check_adapters_fit(model, path):
         with safe_open(os.path.join(path, f"{name}_lora.safetensors"), "pt") as f:
             saved = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         if saved.keys() != expected.keys():
-            raise ValueError(f"the {name} adapter in {path} targets other modules than this trainer's: resume it with the code that wrote it, or start a new run.")
+            raise ValueError(
+                f"the {name} adapter in {path} targets other modules than this trainer's: resume it with the code "
+                "that wrote it, or start a new run."
+            )
         if saved != expected:
-            ranks = {shape[0] for key, shape in saved.items() if "lora_A" in key} - {shape[0] for key, shape in expected.items() if "lora_A" in key}
+            ranks = {shape[0] for key, shape in saved.items() if "lora_A" in key} - {
+                shape[0] for key, shape in expected.items() if "lora_A" in key
+            }
             rank_flag = "--lora_rank" if name == STUDENT else "--fake_lora_rank"
-            raise ValueError(f"the {name} adapter in {path} has rank {sorted(ranks)[0] if ranks else '?'}: resume with the {rank_flag} it was trained with.")
+            raise ValueError(
+                f"the {name} adapter in {path} has rank {sorted(ranks)[0] if ranks else '?'}: resume with the "
+                f"{rank_flag} it was trained with."
+            )
 
 
 def resume(accelerator, args, model):
@@ -352,7 +439,9 @@ def step_logs(rewards, advantages, lr_schedulers):
 def step_time_report(step_seconds, device):
     """'0.123 s with a student update, 0.045 s fake update only': medians of each kind of step after its
     first, which warms up (kept when it is the only one), plus peak memory on CUDA."""
-    report = ", ".join(f"{statistics.median(seconds[1:] or seconds):.3f} s {kind}" for kind, seconds in step_seconds.items() if seconds)
+    report = ", ".join(
+        f"{statistics.median(seconds[1:] or seconds):.3f} s {kind}" for kind, seconds in step_seconds.items() if seconds
+    )
     if device.type == "cuda":
         report += f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     return report
@@ -383,9 +472,18 @@ class TrainingLoop:
     def __init__(self, accelerator, args, updates, global_step, project, validate):
         if accelerator.is_main_process:
             accelerator.init_trackers(project, config={k: str(v) for k, v in vars(args).items()})
-        self.accelerator, self.args, self.updates, self.global_step, self.validate = accelerator, args, updates, global_step, validate
+        self.accelerator, self.args, self.updates, self.global_step, self.validate = (
+            accelerator,
+            args,
+            updates,
+            global_step,
+            validate,
+        )
         self.progress_bar = tqdm(
-            range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+            range(args.max_train_steps),
+            initial=global_step,
+            desc="Steps",
+            disable=not accelerator.is_local_main_process,
         )
         self.step_seconds = {"with a student update": [], "fake update only": []}  # wall time of each step
 
@@ -414,11 +512,15 @@ class TrainingLoop:
     def finish(self, save_outputs):
         """Log the median step times, call ``save_outputs()`` on the main process, push to the Hub if asked."""
         accelerator, args = self.accelerator, self.args
-        logger.info(f"Median step time: {step_time_report(self.step_seconds, accelerator.device)}", main_process_only=False)
+        logger.info(
+            f"Median step time: {step_time_report(self.step_seconds, accelerator.device)}", main_process_only=False
+        )
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             save_outputs()
             if args.push_to_hub:
-                repo_id = push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token)
+                repo_id = push_to_hub(
+                    args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token
+                )
                 logger.info(f"Pushed to https://huggingface.co/{repo_id}")
         accelerator.end_training()

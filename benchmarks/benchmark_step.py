@@ -95,7 +95,10 @@ def clip_tokenizer(folder):
     from open_clip.tokenizer import SimpleTokenizer
 
     bpe = SimpleTokenizer()
-    vocab = {token: i for token, i in bpe.encoder.items() if i < 49406} | {"<|startoftext|>": 49406, "<|endoftext|>": 49407}
+    vocab = {token: i for token, i in bpe.encoder.items() if i < 49406} | {
+        "<|startoftext|>": 49406,
+        "<|endoftext|>": 49407,
+    }
     merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "vocab.json"), "w") as f:
@@ -123,7 +126,10 @@ def build(model, size, folder, device):
         return ["--reward", "dinov2", "--reward_model_name_or_path", os.path.join(folder, "reward")]
 
     tokenizer = clip_tokenizer(os.path.join(folder, "vocab"))
-    text_configs = [CLIPTextConfig(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **config[name]) for name in ("text_encoder", "text_encoder_2")]
+    text_configs = [
+        CLIPTextConfig(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **config[name])
+        for name in ("text_encoder", "text_encoder_2")
+    ]
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**config["unet"]), AutoencoderKL(**config["vae"])
         text_encoder, text_encoder_2 = CLIPTextModel(text_configs[0]), CLIPTextModelWithProjection(text_configs[1])
@@ -141,14 +147,29 @@ def build(model, size, folder, device):
         clip_config = CLIPConfig(text_config={**config["text_encoder"], "vocab_size": 49408}, vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, projection_dim=8)  # fmt: skip
         CLIPModel(clip_config).save_pretrained(os.path.join(folder, "reward"))
         image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(os.path.join(folder, "reward"))
-        return flags + ["--reward", "clip", "--reward_model_name_or_path", os.path.join(folder, "reward"), "--reward_resolution", "32"]
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(
+            os.path.join(folder, "reward")
+        )
+        return flags + [
+            "--reward",
+            "clip",
+            "--reward_model_name_or_path",
+            os.path.join(folder, "reward"),
+            "--reward_resolution",
+            "32",
+        ]
     import open_clip
 
     with torch.device("meta"):
         hps = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
     torch.save({"state_dict": random_weights(hps, device).float().state_dict()}, os.path.join(folder, "hps.pt"))
-    return flags + ["--reward", "hpsv2", "--reward_model_name_or_path", os.path.join(folder, "hps.pt"), "--gradient_checkpointing"]
+    return flags + [
+        "--reward",
+        "hpsv2",
+        "--reward_model_name_or_path",
+        os.path.join(folder, "hps.pt"),
+        "--gradient_checkpointing",
+    ]
 
 
 def run_trainer(model, folder, flags, operator, args):
@@ -164,7 +185,11 @@ def run_trainer(model, folder, flags, operator, args):
         "--validation_steps", str(args.steps + 1), "--checkpointing_steps", str(args.steps + 1), "--report_to", "none",
         "--mixed_precision", "no" if args.device == "cpu" else "bf16", "--allow_tf32", "--lr_warmup_steps", "0",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    }
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     found = re.search(r"Median step time: (.*)", result.stdout + result.stderr)
     if result.returncode != 0 or not found:
@@ -179,17 +204,26 @@ def memory_budget(model, size, lora_rank):
 
     with torch.device("meta"):
         config = CONFIGS[model][size]
-        network = DiTTransformer2DModel(**config["transformer"]) if model == "sit" else UNet2DConditionModel(**config["unet"])
+        network = (
+            DiTTransformer2DModel(**config["transformer"]) if model == "sit" else UNet2DConditionModel(**config["unet"])
+        )
     base = sum(p.numel() for p in network.parameters())
     targets = importlib.import_module(f"train_amd_{model}").LORA_TARGET_MODULES
-    lora = sum(p.numel() for params in add_student_and_fake_adapters(network, targets, lora_rank).values() for p in params)
+    lora = sum(
+        p.numel() for params in add_student_and_fake_adapters(network, targets, lora_rank).values() for p in params
+    )
     return base, lora, (2 * base + 16 * lora) / 2**30, (2 * base + 2 * 16 * base) / 2**30
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), default="sdxl")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: tiny models (checks the path, times nothing real); cuda: full size.")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu: tiny models (checks the path, times nothing real); cuda: full size.",
+    )
     parser.add_argument("--steps", type=int, default=12, help="Training steps per operator (the first ones warm up).")
     parser.add_argument("--train_batch_size", type=int, default=None, help="Default: 4 (sdxl), 32 (sit).")
     parser.add_argument("--group_size", type=int, default=4)
@@ -214,7 +248,10 @@ def main():
         print("amd / dmd step time: " + ", ".join(f"{a / d:.3f}" for a, d in zip(times["amd"], times["dmd"])))
     base, lora, ours, dmd2 = memory_budget(args.model, size, args.lora_rank)
     print(f"base network {base / 1e6:.1f} M parameters, student + fake LoRA (rank {args.lora_rank}) {lora / 1e6:.1f} M")
-    print(f"weights + gradients + Adam: one frozen base with two adapters {ours:.2f} GiB; DMD2's frozen teacher + two trained copies {dmd2:.2f} GiB")
+    print(
+        f"weights + gradients + Adam: one frozen base with two adapters {ours:.2f} GiB; DMD2's frozen teacher + two "
+        f"trained copies {dmd2:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

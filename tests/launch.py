@@ -13,7 +13,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS
 
 def launch(script, args, num_processes=1):
     """``accelerate launch <script> <args>``; asserts success and returns the completed process."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_cpu_threads_per_process", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--num_cpu_threads_per_process",
+        "1",
+    ]
     env = dict(ENV)
     if num_processes > 1:  # accelerate's multi-process CPU mode: torchrun processes with gloo
         command.append("--multi_gpu")
@@ -41,7 +49,9 @@ def with_flags(args, change):
 def assert_fails_with_one_sentence(script, args, message, output_dir):
     """The script exits with status 2, its last line is ``<script>: error: ...message...`` with no traceback,
     and the existing output folder (holding only keep.txt) is untouched."""
-    result = subprocess.run([sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert message in last_line and last_line.startswith(f"{script}: error: "), result.stderr[-2000:]
@@ -71,7 +81,9 @@ def assert_survives_sigkill(script, args, output_dir, straight_dir, steps, seed=
     launch(script, with_flags(args, {"--output_dir": str(straight_dir)}))
     command = [sys.executable, "tests/slow_saves.py", script, *args]
     for kill_at in ("a save", "a random moment"):
-        process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         while process.poll() is None:
             found = os.listdir(output_dir) if os.path.isdir(output_dir) else []
             if kill_at == "a save" and any(name.startswith("tmp-checkpoint-") for name in found):

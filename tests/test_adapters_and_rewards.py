@@ -5,6 +5,7 @@ import textwrap
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel
+from tiny_models import tiny_dinov2_classifier
 from transformers import Dinov2ForImageClassification
 
 from amd_utils.lora import (
@@ -18,7 +19,6 @@ from amd_utils.lora import (
     use_adapter,
 )
 from amd_utils.rewards import load_reward
-from tiny_models import tiny_dinov2_classifier
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "norm1.linear"]
 

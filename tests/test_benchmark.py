@@ -6,18 +6,30 @@ import subprocess
 import sys
 
 import pytest
-
 from launch import ENV, REPO
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, operators", [("sit", ["dmd", "amd"]), ("sdxl", ["amd"])])
 def test_tiny_benchmark_reports_step_times_and_memory(model, operators):
-    command = [sys.executable, "benchmarks/benchmark_step.py", "--model", model, "--device", "cpu", "--steps", "3", "--operators", *operators]
+    command = [
+        sys.executable,
+        "benchmarks/benchmark_step.py",
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--steps",
+        "3",
+        "--operators",
+        *operators,
+    ]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for operator in operators:
-        assert re.search(rf"^{operator}: [\d.]+ s with a student update, [\d.]+ s fake update only$", result.stdout, re.M), result.stdout
+        assert re.search(
+            rf"^{operator}: [\d.]+ s with a student update, [\d.]+ s fake update only$", result.stdout, re.M
+        ), result.stdout
     if len(operators) == 2:
         assert re.search(r"^amd / dmd step time: [\d.]+, [\d.]+$", result.stdout, re.M), result.stdout
     assert "one frozen base with two adapters" in result.stdout

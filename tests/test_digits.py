@@ -51,7 +51,14 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
         "--teacher_sampling_steps", "3",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    result = subprocess.run([sys.executable, "-m", "examples.digits.demo", *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.digits.demo", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| amd, sharpening |" in result.stdout
 
@@ -64,7 +71,10 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     ]  # fmt: skip
     runs = [row for row in results["runs"] if row["seed"] is not None]
     assert len(runs) == 2 * 5 and {row["seed"] for row in runs} == {0, 1}
-    assert all(torch.isfinite(torch.tensor([row[m] for m in ("fd", "accuracy", "mean_reward", "diversity")])).all() for row in runs)
+    assert all(
+        torch.isfinite(torch.tensor([row[m] for m in ("fd", "accuracy", "mean_reward", "diversity")])).all()
+        for row in runs
+    )
     assert "| amd, sharpening | 1 |" in (out / "results.md").read_text()
 
     for stem in ("teacher_full_w1", "student_step0", "dmd_warmup_seed0", "amd_sharpen_seed0", "dmd_nosharpen_seed0"):

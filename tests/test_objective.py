@@ -22,7 +22,6 @@ from amd_utils.objective import (
     weighted_denoising_loss,
 )
 
-
 # ---------------------------------------------------------------- Eq. 12: group-relative advantages
 
 
@@ -89,7 +88,12 @@ def test_standardized_rewards_zero_mean_and_advantages_bounded(case):
     # error divided by (std + eps), which is large when the rewards nearly tie; each z rounds once more.
     grouped, z_grouped = rewards.reshape(-1, k), z.reshape(-1, k)
     unit = torch.finfo(torch.float64).eps
-    bound = 4 * k * unit * (grouped.abs().amax(dim=1) / (grouped.std(dim=1, unbiased=False) + 1e-6) + z_grouped.abs().amax(dim=1))
+    bound = (
+        4
+        * k
+        * unit
+        * (grouped.abs().amax(dim=1) / (grouped.std(dim=1, unbiased=False) + 1e-6) + z_grouped.abs().amax(dim=1))
+    )
     assert (z_grouped.mean(dim=1).abs() <= bound).all()
     a = group_advantages(rewards, k)
     assert torch.isfinite(a).all()
@@ -209,7 +213,8 @@ def test_compose_without_unconditional_pass():
     alpha, beta = adaptive_coefficients(torch.tensor([1.0, -1.0]), 0.5)
     for op in OPERATORS:
         assert torch.equal(
-            compose_gradient(op, cond, None, fake, 1.0, alpha, beta), compose_gradient(op, cond, cond, fake, 1.0, alpha, beta)
+            compose_gradient(op, cond, None, fake, 1.0, alpha, beta),
+            compose_gradient(op, cond, cond, fake, 1.0, alpha, beta),
         )
     with pytest.raises(ValueError, match="needs the unconditional"):
         compose_gradient("amd", cond, None, fake, 2.0, alpha, beta)
@@ -260,7 +265,9 @@ def test_fake_sample_weights():
 
 def test_weighted_denoising_loss():
     prediction, target = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
-    torch.testing.assert_close(weighted_denoising_loss(prediction, target, torch.ones(3)), F.mse_loss(prediction, target))
+    torch.testing.assert_close(
+        weighted_denoising_loss(prediction, target, torch.ones(3)), F.mse_loss(prediction, target)
+    )
     per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)
     weights = torch.tensor([0.5, 2.0, 0.0])
     torch.testing.assert_close(weighted_denoising_loss(prediction, target, weights), (weights * per_sample).mean())
@@ -272,9 +279,13 @@ def test_student_loss_pushes_the_composed_and_normalized_gradient_hand_computed(
     x0_cond, x0_uncond, x0_fake = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]])
     # d_cond = (1, 2), d_uncond = (0, 1), d_fake = (0, -1); w = 3, a = 1, s = 0.5: alpha = 1.5, beta = 0.5.
     # amd: 0.5 * (1, 3) + 1.5 * 2 * (1, 1) = (3.5, 4.5); d_cfg = (0, 1) + 3 * (1, 1) = (3, 4), mean |d_cfg| = 3.5.
-    student_loss(x, x0_cond, x0_uncond, x0_fake, torch.tensor([1.0]), operator="amd", guidance_scale=3.0, sensitivity=0.5).backward()
+    student_loss(
+        x, x0_cond, x0_uncond, x0_fake, torch.tensor([1.0]), operator="amd", guidance_scale=3.0, sensitivity=0.5
+    ).backward()
     torch.testing.assert_close(x.grad, torch.tensor([[3.5, 4.5]]) / 3.5 / 2)
     # dmd ignores the advantage: d_cfg - d_fake = (3, 5).
     x.grad = None
-    student_loss(x, x0_cond, x0_uncond, x0_fake, torch.tensor([1.0]), operator="dmd", guidance_scale=3.0, sensitivity=0.5).backward()
+    student_loss(
+        x, x0_cond, x0_uncond, x0_fake, torch.tensor([1.0]), operator="dmd", guidance_scale=3.0, sensitivity=0.5
+    ).backward()
     torch.testing.assert_close(x.grad, torch.tensor([[3.0, 5.0]]) / 3.5 / 2)

@@ -56,7 +56,9 @@ def test_ddpm_round_trip_low_precision_inputs(prediction_type, dtype):
 def test_ddpm_matches_diffusers_scheduler():
     x0, noise = _sample()
     abar = SDXL_SCHEDULER.alphas_cumprod
-    torch.testing.assert_close(ddpm_add_noise(x0, noise, abar, TIMESTEPS), SDXL_SCHEDULER.add_noise(x0, noise, TIMESTEPS))
+    torch.testing.assert_close(
+        ddpm_add_noise(x0, noise, abar, TIMESTEPS), SDXL_SCHEDULER.add_noise(x0, noise, TIMESTEPS)
+    )
     torch.testing.assert_close(
         ddpm_model_target(x0, noise, abar, TIMESTEPS, "v_prediction"), SDXL_SCHEDULER.get_velocity(x0, noise, TIMESTEPS)
     )

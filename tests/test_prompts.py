@@ -8,7 +8,9 @@ from train_amd_sdxl import load_prompts
 
 
 def _args(**kwargs):
-    return argparse.Namespace(**{"prompts_file": None, "dataset_name": None, "dataset_split": "train", "prompt_column": "prompt", **kwargs})
+    return argparse.Namespace(
+        **{"prompts_file": None, "dataset_name": None, "dataset_split": "train", "prompt_column": "prompt", **kwargs}
+    )
 
 
 def test_text_csv_jsonl_and_local_dataset(tmp_path):

@@ -255,7 +255,9 @@ def run_script(*args):
 def test_cli_writes_a_loadable_pipeline(tmp_path, state_dict):
     torch.save(state_dict, tmp_path / "sit.pt")
     out = tmp_path / "pipeline"
-    result = run_script("--checkpoint", str(tmp_path / "sit.pt"), "--output_dir", str(out), "--num_attention_heads", "4")
+    result = run_script(
+        "--checkpoint", str(tmp_path / "sit.pt"), "--output_dir", str(out), "--num_attention_heads", "4"
+    )
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout and "from_pretrained" in result.stdout
 

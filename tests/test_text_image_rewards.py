@@ -7,11 +7,11 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_OPEN_CLIP, register_tiny_open_clip, tiny_clip_folder, tiny_hpsv2_checkpoint
 from transformers import CLIPModel, CLIPProcessor
 
 from amd_utils import rewards
 from amd_utils.rewards import load_reward, resize_crop_normalize
-from tiny_models import TINY_OPEN_CLIP, register_tiny_open_clip, tiny_clip_folder, tiny_hpsv2_checkpoint
 
 PROMPTS = ["a cat", "a cat", "a dog", "a cat"]
 
@@ -62,12 +62,18 @@ def test_clip_and_pickscore_are_logit_scale_times_cosine(clip_folder):
     with torch.no_grad():
         logits = model(pixel_values=resize_crop_normalize(images, None, None, mean, std), **inputs).logits_per_image
     for name in ("clip", "pickscore"):
-        torch.testing.assert_close(load_reward(name, clip_folder)(images, PROMPTS), logits.diagonal(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            load_reward(name, clip_folder)(images, PROMPTS), logits.diagonal(), atol=1e-5, rtol=1e-4
+        )
 
 
 def test_prompt_rewards_fail_offline_with_one_sentence(monkeypatch, tmp_path):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # offline: conftest.py
-    with pytest.raises(ValueError, match=r"cannot get the HPSv2 checkpoint HPS_v2.1_compressed.pt .* --reward_model_name_or_path"):
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache")
+    )  # offline: conftest.py
+    with pytest.raises(
+        ValueError, match=r"cannot get the HPSv2 checkpoint HPS_v2.1_compressed.pt .* --reward_model_name_or_path"
+    ):
         load_reward("hpsv2")
     with pytest.raises(ValueError, match=r"is not a file: point --reward_model_name_or_path"):
         load_reward("hpsv2", str(tmp_path / "missing.pt"))

@@ -118,7 +118,20 @@ def test_dmd_moves_the_student_onto_the_data():
 
 @pytest.mark.slow
 def test_study_writes_plots_and_tables(tmp_path):
-    study.main(["--max_train_steps", "4", "--seeds", "0", "--eval_samples", "50", "--output_dir", str(tmp_path), "--num_workers", "2"])
+    study.main(
+        [
+            "--max_train_steps",
+            "4",
+            "--seeds",
+            "0",
+            "--eval_samples",
+            "50",
+            "--output_dir",
+            str(tmp_path),
+            "--num_workers",
+            "2",
+        ]
+    )
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == sorted(f"{study.run_name(*run)}_seed0.png" for run in study.RUNS)
     with open(tmp_path / "results.csv") as f:
@@ -127,7 +140,10 @@ def test_study_writes_plots_and_tables(tmp_path):
     assert "Mean over seeds" in (tmp_path / "results.md").read_text()
 
 
-@pytest.mark.parametrize("flags, message", [(["--group_size", "1"], "--group_size must be at least 2"), (["--num_groups", "0"], "--num_groups")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--group_size", "1"], "--group_size must be at least 2"), (["--num_groups", "0"], "--num_groups")],
+)
 def test_bad_flags_exit_with_one_sentence(flags, message, capsys):
     with pytest.raises(SystemExit):
         study.parse_args(flags)

@@ -4,11 +4,11 @@ it writes loads into stock StableDiffusionXLPipeline and samples in 4 steps."""
 import pytest
 import torch
 from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from launch import assert_fails_with_one_sentence, assert_processes_agree, assert_survives_sigkill, launch, sdxl_args
 from peft import LoraConfig
 from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from launch import assert_fails_with_one_sentence, assert_processes_agree, assert_survives_sigkill, launch, sdxl_args
 from train_amd_sdxl import LORA_TARGET_MODULES
 
 pytestmark = pytest.mark.slow
@@ -51,11 +51,17 @@ def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_sdx
     # Not the adapters of one process at twice the batch: each process draws its own prompts and noise
     # (seeded apart) and ranks its own groups, so the two runs see different samples. DDP averages the two
     # processes' gradients, so their adapters must stay equal, bit for bit.
-    assert_processes_agree(SCRIPT, sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"), tmp_path / "dump")
+    assert_processes_agree(
+        SCRIPT,
+        sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"),
+        tmp_path / "dump",
+    )
 
 
 def test_a_run_killed_at_any_point_resumes_to_the_same_adapters(tiny_sdxl, tmp_path):
-    assert_survives_sigkill(SCRIPT, sdxl_args(tiny_sdxl, tmp_path / "out"), tmp_path / "out", tmp_path / "straight", steps=6)
+    assert_survives_sigkill(
+        SCRIPT, sdxl_args(tiny_sdxl, tmp_path / "out"), tmp_path / "out", tmp_path / "straight", steps=6
+    )
 
 
 def test_bad_input_on_the_command_line_exits_2_without_a_traceback(tiny_sdxl, tmp_path):

@@ -8,15 +8,14 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from launch import checkpoint_adapters, sdxl_args, sit_args, train_in_process, with_flags
 
 import amd_utils.training
 import train_amd_sdxl
 import train_amd_sit
-from launch import checkpoint_adapters, sdxl_args, sit_args, train_in_process, with_flags
 
 TRAINERS = {"sit": (train_amd_sit, sit_args, "tiny_sit"), "sdxl": (train_amd_sdxl, sdxl_args, "tiny_sdxl")}
-REWARDS_MODULE = '''
+REWARDS_MODULE = """
 import torch
 
 def mean_pixel(images, conditions):
@@ -32,7 +31,7 @@ def one_for_the_batch(images, conditions):
 
 def a_list(images, conditions):
     return images.mean(dim=(1, 2, 3)).tolist()
-'''
+"""
 
 
 @pytest.fixture(params=sorted(TRAINERS))
@@ -55,7 +54,10 @@ def rewards_module(tmp_path_factory):
 def adapters_after(trainer, output_dir, steps, *flags):
     """Train ``steps`` steps (both adapters updated every step) and return the adapters checkpointed at the end."""
     module, args = trainer
-    train_in_process(module, args(output_dir, "--max_train_steps", steps, "--checkpointing_steps", steps, "--fake_update_ratio", 1, *flags))
+    train_in_process(
+        module,
+        args(output_dir, "--max_train_steps", steps, "--checkpointing_steps", steps, "--fake_update_ratio", 1, *flags),
+    )
     return checkpoint_adapters(output_dir / f"checkpoint-{steps}")
 
 
@@ -105,14 +107,18 @@ def test_resume_lands_where_an_uninterrupted_run_does(trainer, tmp_path):
 def test_checkpoints_total_limit_keeps_the_newest(trainer, tmp_path):
     module, args = trainer
     out = tmp_path / "out"
-    train_in_process(module, args(out, "--max_train_steps", 4, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2))
+    train_in_process(
+        module, args(out, "--max_train_steps", 4, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2)
+    )
     assert sorted(d for d in os.listdir(out) if "checkpoint" in d) == ["checkpoint-3", "checkpoint-4"]
 
 
 def test_reward_none_runs_plain_dmd_without_scoring(trainer, tmp_path, rewards_module):
     # --reward none is DMD2's cost: no decode, no reward. Its adapters are those of a dmd run whose
     # reward is ignored (no sharpening, the operator ignores advantages).
-    scored = adapters_after(trainer, tmp_path / "scored", 2, "--operator", "dmd", "--no_sharpen", "--reward", f"{rewards_module}:mean_pixel")
+    scored = adapters_after(
+        trainer, tmp_path / "scored", 2, "--operator", "dmd", "--no_sharpen", "--reward", f"{rewards_module}:mean_pixel"
+    )
     unscored = adapters_after(trainer, tmp_path / "none", 2, "--operator", "dmd", "--no_sharpen", "--reward", "none")
     for name in ("student", "fake"):
         assert max_difference(scored, unscored, name) == 0.0, name
@@ -149,7 +155,9 @@ def tensorboard_scalars(output_dir):
 
 def test_a_nan_reward_gets_advantage_zero_and_training_goes_on(trainer, tmp_path, rewards_module):
     out = tmp_path / "out"
-    adapters = adapters_after(trainer, out, 3, "--reward", f"{rewards_module}:nan_for_first", "--report_to", "tensorboard")
+    adapters = adapters_after(
+        trainer, out, 3, "--reward", f"{rewards_module}:nan_for_first", "--report_to", "tensorboard"
+    )
     assert all(torch.isfinite(value).all() for name in adapters for value in adapters[name].values())
     logs = tensorboard_scalars(out)
     assert logs["reward/nonfinite"] == [1.0, 1.0, 1.0] and all(map(torch.isfinite, torch.tensor(logs["reward/mean"])))
@@ -163,7 +171,20 @@ def test_a_non_finite_loss_skips_that_adapters_update(trainer, tmp_path, monkeyp
     original = getattr(module, loss_function)
     monkeypatch.setattr(module, loss_function, lambda *a, **k: original(*a, **k) * float("nan"))
     out = tmp_path / "out"
-    train_in_process(module, args(out, "--max_train_steps", 4, "--fake_update_ratio", 1, "--checkpointing_steps", 2, "--report_to", "tensorboard"))
+    train_in_process(
+        module,
+        args(
+            out,
+            "--max_train_steps",
+            4,
+            "--fake_update_ratio",
+            1,
+            "--checkpointing_steps",
+            2,
+            "--report_to",
+            "tensorboard",
+        ),
+    )
     at_2, at_4 = checkpoint_adapters(out / "checkpoint-2"), checkpoint_adapters(out / "checkpoint-4")
     healthy = "fake" if broken == "student" else "student"
     assert max_difference(at_2, at_4, broken) == 0.0 and max_difference(at_2, at_4, healthy) > 0
@@ -180,9 +201,13 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(trainer, tmp_path, monk
     monkeypatch.setattr(module, "weighted_denoising_loss", lambda *a, **k: original(*a, **k) * float("inf"))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
-        train_in_process(module, args(out, "--max_train_steps", 10, "--checkpointing_steps", 2, "--max_nonfinite_steps", 3))
+        train_in_process(
+            module, args(out, "--max_train_steps", 10, "--checkpointing_steps", 2, "--max_nonfinite_steps", 3)
+        )
     message = str(stop.value.code)
-    assert message.startswith("stopped at step 3: the fake adapter's loss or gradient was not finite for 3 updates in a row")
+    assert message.startswith(
+        "stopped at step 3: the fake adapter's loss or gradient was not finite for 3 updates in a row"
+    )
     assert message.endswith(f"the last good checkpoint: {out / 'checkpoint-2'}.")
 
 
@@ -192,45 +217,109 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(trainer, tmp_path, monk
 def sd15_folder(root):
     """What an SD 1.5 pipeline's model_index.json says: one text encoder, no text-time UNet inputs."""
     root.mkdir()
-    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"]}
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+    }
     (root / "model_index.json").write_text(json.dumps(index))
     return str(root)
 
 
 BAD_INPUT = [
     # (trainer, {flag: value}, the sentence's key part); values in <> are built by the test
-    ("sdxl", {"--pretrained_model_name_or_path": "/no/such/model"}, "cannot load an SDXL pipeline from '/no/such/model'"),
-    ("sdxl", {"--pretrained_model_name_or_path": "<sd15>"}, "is a StableDiffusionPipeline whose text_encoder_2 is missing, not CLIPTextModelWithProjection: give an SDXL pipeline"),
-    ("sdxl", {"--pretrained_model_name_or_path": "<sit>"}, "is a SiTPipeline whose unet is missing, not UNet2DConditionModel: give an SDXL pipeline"),
+    (
+        "sdxl",
+        {"--pretrained_model_name_or_path": "/no/such/model"},
+        "cannot load an SDXL pipeline from '/no/such/model'",
+    ),
+    (
+        "sdxl",
+        {"--pretrained_model_name_or_path": "<sd15>"},
+        "is a StableDiffusionPipeline whose text_encoder_2 is missing, not CLIPTextModelWithProjection: give an SDXL "
+        "pipeline",
+    ),
+    (
+        "sdxl",
+        {"--pretrained_model_name_or_path": "<sit>"},
+        "is a SiTPipeline whose unet is missing, not UNet2DConditionModel: give an SDXL pipeline",
+    ),
     ("sdxl", {"--prompts_file": "/no/such/prompts.txt"}, "the prompts file '/no/such/prompts.txt' does not exist"),
     ("sdxl", {"--prompts_file": "<empty_prompts>"}, "holds no prompts"),
     ("sdxl", {"--group_size": "1"}, "--group_size must be at least 2"),
     ("sdxl", {"--train_batch_size": "3"}, "--train_batch_size 3 is not a multiple of --group_size 2"),
     ("sdxl", {"--sensitivity": "-1"}, "--sensitivity must be >= 0"),
     ("sdxl", {"--reward": "no_such_module:score"}, "cannot import the reward module 'no_such_module'"),
-    ("sdxl", {"--reward": "<rewards>:one_for_the_batch"}, "the reward must return a tensor of shape (2,), one value per sample, but returned shape (1,)"),
-    ("sdxl", {"--reward": "<rewards>:a_list"}, "the reward must return a tensor of shape (2,), one value per sample, but returned a list"),
-    ("sdxl", {"--reward": "hpsv2", "--reward_model_name_or_path": None}, "cannot get the HPSv2 checkpoint HPS_v2.1_compressed.pt"),
-    ("sdxl", {"--reward": "none"}, "--reward none leaves no advantages to use: it goes with --operator dmd --no_sharpen only"),
+    (
+        "sdxl",
+        {"--reward": "<rewards>:one_for_the_batch"},
+        "the reward must return a tensor of shape (2,), one value per sample, but returned shape (1,)",
+    ),
+    (
+        "sdxl",
+        {"--reward": "<rewards>:a_list"},
+        "the reward must return a tensor of shape (2,), one value per sample, but returned a list",
+    ),
+    (
+        "sdxl",
+        {"--reward": "hpsv2", "--reward_model_name_or_path": None},
+        "cannot get the HPSv2 checkpoint HPS_v2.1_compressed.pt",
+    ),
+    (
+        "sdxl",
+        {"--reward": "none"},
+        "--reward none leaves no advantages to use: it goes with --operator dmd --no_sharpen only",
+    ),
     ("sdxl", {"--operator": "dmd2"}, "argument --operator: invalid choice: 'dmd2'"),
     ("sdxl", {"--output_dir": "<file>"}, "is an existing file: give a folder"),
-    ("sdxl", {"--resume_from_checkpoint": "/no/such/checkpoint-2"}, "--resume_from_checkpoint '/no/such/checkpoint-2' is not a folder"),
-    ("sdxl", {"--resume_from_checkpoint": "latest", "--lora_rank": "8"}, "the student adapter in <out>/checkpoint-2 has rank 4: resume with the --lora_rank it was trained with"),
-    ("sdxl", {"--use_8bit_adam": True}, "--use_8bit_adam needs bitsandbytes: pip install bitsandbytes, or drop the flag"),
+    (
+        "sdxl",
+        {"--resume_from_checkpoint": "/no/such/checkpoint-2"},
+        "--resume_from_checkpoint '/no/such/checkpoint-2' is not a folder",
+    ),
+    (
+        "sdxl",
+        {"--resume_from_checkpoint": "latest", "--lora_rank": "8"},
+        "the student adapter in <out>/checkpoint-2 has rank 4: resume with the --lora_rank it was trained with",
+    ),
+    (
+        "sdxl",
+        {"--use_8bit_adam": True},
+        "--use_8bit_adam needs bitsandbytes: pip install bitsandbytes, or drop the flag",
+    ),
     ("sdxl", {"--mixed_precision": "bf16"}, "--mixed_precision bf16 needs a device with bfloat16 support"),
-    ("sit", {"--pretrained_model_name_or_path": "/no/such/model"}, "cannot load a SiT / DiT pipeline from '/no/such/model'"),
-    ("sit", {"--pretrained_model_name_or_path": "<sdxl>"}, "is a StableDiffusionXLPipeline whose transformer is missing, not DiTTransformer2DModel: give a SiT / DiT pipeline"),
+    (
+        "sit",
+        {"--pretrained_model_name_or_path": "/no/such/model"},
+        "cannot load a SiT / DiT pipeline from '/no/such/model'",
+    ),
+    (
+        "sit",
+        {"--pretrained_model_name_or_path": "<sdxl>"},
+        "is a StableDiffusionXLPipeline whose transformer is missing, not DiTTransformer2DModel: give a SiT / DiT "
+        "pipeline",
+    ),
     ("sit", {"--reward": "hpsv9"}, "unknown reward 'hpsv9'"),
     ("sit", {"--reward_model_name_or_path": "/no/such/reward"}, "cannot load the DINOv2 reward '/no/such/reward'"),
     ("sit", {"--student_timesteps": "0.5"}, "--student_timesteps must rise from 0"),
-    ("sit", {"--max_score_noise_level": "1.5"}, "--min_score_noise_level and --max_score_noise_level need 0 <= min <= max <= 1"),
+    (
+        "sit",
+        {"--max_score_noise_level": "1.5"},
+        "--min_score_noise_level and --max_score_noise_level need 0 <= min <= max <= 1",
+    ),
     ("sit", {"--pretrained_vae_model_name_or_path": "/no/such/vae"}, "cannot load the VAE '/no/such/vae'"),
-    ("sit", {"--resume_from_checkpoint": "latest", "--fake_lora_rank": "8"}, "the fake adapter in <out>/checkpoint-2 has rank 4: resume with the --fake_lora_rank it was trained with"),
+    (
+        "sit",
+        {"--resume_from_checkpoint": "latest", "--fake_lora_rank": "8"},
+        "the fake adapter in <out>/checkpoint-2 has rank 4: resume with the --fake_lora_rank it was trained with",
+    ),
 ]
 
 
 @pytest.mark.parametrize("name, change, message", BAD_INPUT, ids=[f"{t}-{m[:40]}" for t, _, m in BAD_INPUT])
-def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(request, tmp_path, capsys, monkeypatch, rewards_module, name, change, message):
+def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(
+    request, tmp_path, capsys, monkeypatch, rewards_module, name, change, message
+):
     module, make_args, fixture = TRAINERS[name]
     tiny = request.getfixturevalue(fixture)
     out = tmp_path / "out"
@@ -248,7 +337,10 @@ def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(request, tmp
         "<file>": lambda: str(tmp_path / "file"),
     }  # fmt: skip
     change = {flag: built[value]() if value in built else value for flag, value in change.items()}
-    change = {flag: value.replace("<rewards>", rewards_module) if isinstance(value, str) else value for flag, value in change.items()}
+    change = {
+        flag: value.replace("<rewards>", rewards_module) if isinstance(value, str) else value
+        for flag, value in change.items()
+    }
     args = with_flags(make_args(tiny, out, "--max_train_steps", "2"), change)
     before = {path: (out / path).read_bytes() for path in _files(out)} if out.is_dir() else None
     capsys.readouterr()
@@ -256,7 +348,9 @@ def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(request, tmp
         train_in_process(module, args)
     assert exit.value.code == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last_line.startswith(f"{module.SCRIPT}: error: ") and message.replace("<out>", str(out)) in last_line, last_line
+    assert last_line.startswith(f"{module.SCRIPT}: error: ") and message.replace("<out>", str(out)) in last_line, (
+        last_line
+    )
     if before is not None:
         assert {path: (out / path).read_bytes() for path in _files(out)} == before
 

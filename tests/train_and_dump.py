@@ -14,4 +14,6 @@ from amd_utils.lora import ADAPTERS, lora_state_dict
 trainer, folder = importlib.import_module(sys.argv[1]), sys.argv[2]
 model = trainer.main(trainer.parse_args(sys.argv[3:]))
 for name in ADAPTERS:
-    save_file(lora_state_dict(model, name), os.path.join(folder, f"rank{PartialState().process_index}_{name}.safetensors"))
+    save_file(
+        lora_state_dict(model, name), os.path.join(folder, f"rank{PartialState().process_index}_{name}.safetensors")
+    )

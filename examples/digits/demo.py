@@ -51,8 +51,12 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=OPERATORS)
     parser.add_argument("--teacher_steps", type=int, default=1000, help="Teacher training steps (batch 128).")
-    parser.add_argument("--classifier_steps", type=int, default=1500, help="Training steps of the reward and the judge.")
-    parser.add_argument("--warmup_steps", type=int, default=400, help="Steps of the shared pure-DMD first stage (paper, App. A.4).")
+    parser.add_argument(
+        "--classifier_steps", type=int, default=1500, help="Training steps of the reward and the judge."
+    )
+    parser.add_argument(
+        "--warmup_steps", type=int, default=400, help="Steps of the shared pure-DMD first stage (paper, App. A.4)."
+    )
     parser.add_argument("--finetune_steps", type=int, default=200, help="Steps of every method after the warm start.")
     parser.add_argument("--real_guidance_scale", type=float, default=1.5)
     parser.add_argument("--sensitivity", type=float, default=0.5)
@@ -60,7 +64,14 @@ def parse_args(argv=None):
     parser.add_argument("--teacher_sampling_steps", type=int, default=50, help="The teacher's full step count.")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="Distillation runs at once.")
     args = parser.parse_args(argv)
-    for name in ("teacher_steps", "classifier_steps", "warmup_steps", "finetune_steps", "teacher_sampling_steps", "jobs"):
+    for name in (
+        "teacher_steps",
+        "classifier_steps",
+        "warmup_steps",
+        "finetune_steps",
+        "teacher_sampling_steps",
+        "jobs",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.samples_per_class < 2:
@@ -112,12 +123,18 @@ def train_command(args, paths, run, threads):
 def train_all(args, paths, runs, desc):
     """Run the distillations ``args.jobs`` at a time, each with its share of the cores, logs to files."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    }
 
     def train(run):
         shutil.rmtree(run["dir"], ignore_errors=True)  # this demo's own earlier output for the run
         with open(run["dir"] + ".log", "w") as log:
-            result = subprocess.run(train_command(args, paths, run, threads), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            result = subprocess.run(
+                train_command(args, paths, run, threads), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
         if result.returncode != 0:
             raise SystemExit(f"examples.digits.demo: the run {run['dir']} failed: its log is {run['dir']}.log.")
 
@@ -145,7 +162,8 @@ def evaluate_all(args, paths, runs, evaluator):
     the teacher sampled in the student's 4 steps) and for every run, all on the same noise."""
     teacher = load_pipeline(paths["teacher"])
     untrained_student = load_pipeline(
-        paths["teacher"], scheduler=FlowMatchEulerDiscreteScheduler.from_config(teacher.scheduler.config, stochastic_sampling=True)
+        paths["teacher"],
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(teacher.scheduler.config, stochastic_sampling=True),
     )
     w, full = args.real_guidance_scale, args.teacher_sampling_steps
     sources = [
@@ -182,7 +200,9 @@ def summarize(rows):
 
 
 def markdown_table(summary, per_run):
-    header = "| run | FD (judge features) | accuracy (judge) | mean reward | within-class diversity |\n|---|---|---|---|---|"
+    header = (
+        "| run | FD (judge features) | accuracy (judge) | mean reward | within-class diversity |\n|---|---|---|---|---|"
+    )
     lines = [header]
     for entry in summary:
         cells = []
@@ -222,7 +242,10 @@ def main(argv=None):
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"settings": vars(args), "summary": summary, "runs": rows}, f, indent=2)
     print(table.split("\n\nPer run:")[0])
-    print(f"\nWrote {os.path.join(args.output_dir, 'results.md')} and the sample grids in {os.path.join(args.output_dir, 'grids')}.")
+    print(
+        f"\nWrote {os.path.join(args.output_dir, 'results.md')} and the sample grids in "
+        f"{os.path.join(args.output_dir, 'grids')}."
+    )
 
 
 if __name__ == "__main__":

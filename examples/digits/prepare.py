@@ -148,7 +148,9 @@ def prepare(output_dir, teacher_steps=1000, classifier_steps=1500):
     if not os.path.exists(os.path.join(paths["reward"], "config.json")):
         train_reward(to_unit(images[half == 0]), labels[half == 0], paths["reward"], classifier_steps)
     if not os.path.exists(paths["judge"]):
-        judge = train_classifier(Judge(), lambda m, x: m(x), to_unit(images[half == 1]), labels[half == 1], classifier_steps, desc="judge")
+        judge = train_classifier(
+            Judge(), lambda m, x: m(x), to_unit(images[half == 1]), labels[half == 1], classifier_steps, desc="judge"
+        )
         save_file(judge.state_dict(), paths["judge"])
     return paths
 

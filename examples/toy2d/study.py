@@ -143,7 +143,9 @@ def train(args, operator, sharpen, reward_name, seed, eval_noise, eval_labels):
             break
 
         # K samples per class label (group-contiguous), rewards, advantages (Eq. 12).
-        labels = torch.randint(0, NUM_CLASSES, (args.num_groups,), generator=generator).repeat_interleave(args.group_size)
+        labels = torch.randint(0, NUM_CLASSES, (args.num_groups,), generator=generator).repeat_interleave(
+            args.group_size
+        )
         noise = torch.randn(batch_size, 2, generator=generator)
         with torch.set_grad_enabled(student_turn):
             x = student(torch.cat([noise, onehot[labels]], dim=1))
@@ -169,7 +171,9 @@ def train(args, operator, sharpen, reward_name, seed, eval_noise, eval_labels):
         sigma = sample_noise_levels(batch_size, 0.0, 1.0, generator=generator)
         fresh_noise = torch.randn(batch_size, 2, generator=generator)
         prediction = fake(torch.cat([flow_add_noise(x, fresh_noise, sigma), sigma[:, None], onehot[labels]], dim=1))
-        fake_loss = weighted_denoising_loss(prediction, flow_model_target(x, fresh_noise), fake_sample_weights(advantages, sharpen))
+        fake_loss = weighted_denoising_loss(
+            prediction, flow_model_target(x, fresh_noise), fake_sample_weights(advantages, sharpen)
+        )
         fake_optimizer.zero_grad(set_to_none=True)
         fake_loss.backward()
         fake_optimizer.step()
@@ -237,7 +241,9 @@ COLUMNS = ["run", "seed", "high_reward_mass", "modes_covered", "mean_reward", "s
 def markdown_table(rows, columns):
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -269,13 +275,19 @@ def write_tables(rows, output_dir):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", default="outputs/toy2d")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--group_size", type=int, default=8, help="K samples per class label in a group (Eq. 12).")
-    parser.add_argument("--num_groups", type=int, default=32, help="Groups per batch; batch size = num_groups * group_size.")
+    parser.add_argument(
+        "--num_groups", type=int, default=32, help="Groups per batch; batch size = num_groups * group_size."
+    )
     parser.add_argument("--sensitivity", type=float, default=0.5, help="s in Eq. 13.")
-    parser.add_argument("--real_guidance_scale", type=float, default=2.0, help="CFG scale w of the real teacher (1 = none).")
+    parser.add_argument(
+        "--real_guidance_scale", type=float, default=2.0, help="CFG scale w of the real teacher (1 = none)."
+    )
     parser.add_argument("--max_train_steps", type=int, default=1000, help="Student updates per run.")
     parser.add_argument("--fake_update_ratio", type=int, default=5, help="Fake updates per student update (DMD2: 5).")
     parser.add_argument("--learning_rate", type=float, default=3e-3, help="Student learning rate.")
@@ -319,12 +331,17 @@ def main(argv=None):
         reference = teacher_samples(eval_labels, args.real_guidance_scale, generator)
         # The teacher against an independent draw of itself: the floor of the distance metric.
         floor = teacher_samples(eval_labels, args.real_guidance_scale, generator)
-        teacher_rows.append({"run": "cfg_teacher_200_steps", "seed": seed, **evaluate(floor, eval_labels, reference, selective_reward)})
+        teacher_rows.append(
+            {"run": "cfg_teacher_200_steps", "seed": seed, **evaluate(floor, eval_labels, reference, selective_reward)}
+        )
         jobs += [(args, run, seed, eval_noise, eval_labels, reference) for run in RUNS]
 
     rows = []
     context = multiprocessing.get_context("spawn")  # fork after torch has started its threads can hang
-    with context.Pool(min(args.num_workers, len(jobs))) as pool, tqdm(total=len(jobs), desc="toy2d runs", unit="run") as bar:
+    with (
+        context.Pool(min(args.num_workers, len(jobs))) as pool,
+        tqdm(total=len(jobs), desc="toy2d runs", unit="run") as bar,
+    ):
         for row, seconds in pool.imap_unordered(_run_job, jobs):
             rows.append(row)
             bar.set_postfix_str(f"{row['run']} seed {row['seed']}: {seconds:.0f}s")
