@@ -16,9 +16,7 @@ also updates the student. The output folder holds ``pytorch_lora_weights.safeten
 """
 
 import argparse
-import csv
 import functools
-import json
 import os
 
 import torch
@@ -33,6 +31,7 @@ from amd_utils.images import save_and_log_grid
 from amd_utils.lora import FAKE, STUDENT, lora_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import ddpm_add_noise, ddpm_model_target, ddpm_x0
+from amd_utils.prompts import add_prompt_arguments, check_prompt_args, load_prompts
 from amd_utils.rewards import load_reward, score
 from amd_utils.training import (
     TrainingLoop,
@@ -57,7 +56,6 @@ LORA_TARGET_MODULES = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
 ]  # fmt: skip
-PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
 
 
 def parse_args(argv=None):
@@ -85,16 +83,7 @@ def parse_args(argv=None):
         default=None,
         help="The reward's weights: a folder or Hub id, for hpsv2 the .pt file; default: the reward's own.",
     )
-    group.add_argument(
-        "--prompts_file",
-        default=None,
-        help="A .txt file (one prompt a line), or a .csv / .jsonl with a --prompt_column.",
-    )
-    group.add_argument(
-        "--dataset_name", default=None, help="A datasets dataset with a --prompt_column, instead of --prompts_file."
-    )
-    group.add_argument("--dataset_split", default="train")
-    group.add_argument("--prompt_column", default="prompt")
+    add_prompt_arguments(group)
     add_amd_arguments(parser)
     group = parser.add_argument_group("SDXL")
     group.add_argument("--resolution", type=int, default=1024)
@@ -128,44 +117,11 @@ def parse_args(argv=None):
     )  # fmt: skip
     args = parser.parse_args(argv)
     check_shared_args(parser, args)
-    if (args.prompts_file is None) == (args.dataset_name is None):
-        parser.error("give the prompts with exactly one of --prompts_file or --dataset_name.")
+    check_prompt_args(parser, args)
     t = args.student_timesteps
     if any(b >= a for a, b in zip(t, t[1:])) or not 0 < t[-1] <= t[0] < 1000:
         parser.error(f"--student_timesteps must fall within 1..999, the first the noisiest, got {t}.")
     return args
-
-
-def load_prompts(args):
-    """The training prompts, from --prompts_file or --dataset_name; an error sentence when there are none."""
-    if args.dataset_name:
-        from datasets import load_dataset
-
-        try:
-            prompts = load_dataset(args.dataset_name, split=args.dataset_split)[args.prompt_column]
-        except Exception as error:  # datasets raises many types for a missing dataset, split or column
-            raise ValueError(
-                f"cannot read the column {args.prompt_column!r} of the dataset {args.dataset_name!r} ({error})."
-            ) from None
-        source = args.dataset_name
-    else:
-        path, extension = args.prompts_file, os.path.splitext(args.prompts_file)[1].lower()
-        if extension not in PROMPT_FILE_TYPES:
-            raise ValueError(f"--prompts_file must be one of {', '.join(PROMPT_FILE_TYPES)}, got {path!r}.")
-        if not os.path.isfile(path):
-            raise ValueError(f"the prompts file {path!r} does not exist.")
-        with open(path, newline="", encoding="utf-8") as f:
-            if extension == ".txt":
-                prompts = f.read().splitlines()
-            elif extension == ".csv":
-                prompts = [row.get(args.prompt_column) for row in csv.DictReader(f)]
-            else:
-                prompts = [json.loads(line).get(args.prompt_column) for line in f if line.strip()]
-        source = path
-    prompts = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
-    if not prompts:
-        raise ValueError(f"{source!r} holds no prompts: give one prompt per line (or a {args.prompt_column!r} column).")
-    return prompts
 
 
 def load_models(args, device, dtype):

@@ -43,3 +43,22 @@ def save_and_log_grid(accelerator, images, output_dir, step, columns=8):
 
             tracker.log({"validation": wandb.Image(grid)}, step=step)
     return path
+
+
+def save_and_log_video_grid(accelerator, videos, output_dir, step, columns=4, fps=16):
+    """Tile videos in [0, 1] of shape (B, F, C, H, W) frame by frame and write the animation to
+    ``<output_dir>/validation/step-<step>.gif``; the trackers get the middle frame's grid (tensorboard) or
+    the GIF (wandb). Returns the path."""
+    frames = [image_grid(videos[:, f], columns) for f in range(videos.shape[1])]
+    folder = os.path.join(output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step-{step}.gif")
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", np.asarray(frames[len(frames) // 2]), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": wandb.Video(path)}, step=step)
+    return path

@@ -10,11 +10,14 @@ Built in:
   checkpoint (the paper's SDXL reward), scored as the cosine of image and prompt embeddings;
 - ``pickscore`` and ``clip``: transformers CLIP models, ``logit_scale * cosine``.
 Anything else: ``--reward my_module:my_function`` with that signature; ``none`` (plain DMD) scores nothing.
+Videos (``load_video_reward``): ``frames:<image reward>`` averages an image reward over a few frames, and
+``my_module:my_function`` takes ``(videos (B, F, 3, H, W) in [0, 1], prompts)``.
 Every model is loaded once, runs on tensors on ``device`` with its own preprocessing (resize the shortest
 edge, centre crop, normalize), and fails at start-up with one sentence when its weights are neither on disk
 nor reachable.
 """
 
+import functools
 import importlib
 import os
 
@@ -49,6 +52,32 @@ def load_reward(name, model_name_or_path=None, device="cpu"):
     raise ValueError(
         f"unknown reward {name!r}: use one of {', '.join(REWARDS)}, or 'my_module:my_function' for your own."
     )
+
+
+def load_video_reward(name, model_name_or_path=None, device="cpu", num_frames=4):
+    """A reward of videos ``(B, F, 3, H, W)`` in [0, 1] and their prompts: ``frames:<image reward>`` (a built-in
+    image reward averaged over ``num_frames`` evenly spaced frames), ``module:function``, or ``none``."""
+    if name.startswith("frames:"):
+        image_reward = load_reward(name.removeprefix("frames:"), model_name_or_path, device)
+        if image_reward is None:
+            raise ValueError("'frames:none' scores nothing: write --reward none.")
+        return functools.partial(frame_averaged_reward, image_reward, num_frames)
+    if name in REWARDS:
+        raise ValueError(
+            f"{name!r} scores images: give 'frames:{name}' to average it over --reward_num_frames frames, or a video "
+            "reward 'my_module:my_function'."
+        )
+    return load_reward(name, model_name_or_path, device)
+
+
+def frame_averaged_reward(image_reward, num_frames, videos, prompts):
+    """The mean of ``image_reward`` over ``num_frames`` evenly spaced frames of each video (first and last
+    included), each frame scored with its video's prompt."""
+    frame_count = videos.shape[1]
+    index = torch.linspace(0, frame_count - 1, min(num_frames, frame_count), device=videos.device).round().long()
+    frames = videos[:, index].flatten(0, 1)
+    rewards = image_reward(frames, [prompt for prompt in prompts for _ in index])
+    return rewards.view(len(videos), len(index)).mean(dim=1)
 
 
 def score(reward, images, conditions):

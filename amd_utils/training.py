@@ -291,17 +291,22 @@ class AdapterUpdates:
         self.skipped = dict.fromkeys(ADAPTERS, 0)  # updates skipped over the run ...
         self.skipped_in_a_row = dict.fromkeys(ADAPTERS, 0)  # ... and since the last one taken
 
-    def step(self, name, loss, global_step):
-        """Backward ``loss`` into adapter ``name``, clip, and step its optimizer and schedule; a non-finite loss
-        (on any process) or gradient norm skips the update, leaving weights and optimizer state untouched, and
+    def step(self, name, losses, global_step):
+        """Backward ``losses`` into adapter ``name``, clip, and step its optimizer and schedule. ``losses`` is one
+        loss, or an iterable of microbatch losses that sum to it: each is backpropagated as soon as it is made,
+        so one microbatch's graph is alive at a time and the gradients add up. A non-finite loss (on any
+        process) or gradient norm skips the update, leaving weights and optimizer state untouched, and
         ``--max_nonfinite_steps`` skips in a row stop the run. Returns the step's logs for this adapter."""
-        # Gradient checkpointing recomputes the checkpointed blocks of the forward inside backward(), through
-        # whichever adapter is active then; the trainers switch adapters between a forward and its backward
-        # (real teacher, fake), so activate the one whose loss this is, or its gradient is another one's.
-        use_adapter(self.model, name)
-        self.accelerator.backward(loss)
+        loss = 0.0
+        for microbatch_loss in [losses] if torch.is_tensor(losses) else losses:
+            # Gradient checkpointing recomputes the checkpointed blocks of the forward inside backward(), through
+            # whichever adapter is active then; the trainers switch adapters between a forward and its backward
+            # (real teacher, fake), so activate the one whose loss this is, or its gradient is another one's.
+            use_adapter(self.model, name)
+            self.accelerator.backward(microbatch_loss)
+            loss = loss + microbatch_loss.detach().float()
         grad_norm = self.accelerator.clip_grad_norm_(self.params[name], self.args.max_grad_norm)
-        loss_sum = self.accelerator.reduce(loss.detach().float(), "sum")  # the same verdict on every process
+        loss_sum = self.accelerator.reduce(loss, "sum")  # the same verdict on every process
         if torch.isfinite(grad_norm) and torch.isfinite(loss_sum):
             self.optimizers[name].step()
             self.lr_schedulers[name].step()

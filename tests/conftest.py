@@ -34,3 +34,17 @@ def tiny_sdxl(tmp_path_factory):
         "model": tiny_sdxl_pipeline(root / "sdxl"), "reward": tiny_clip_folder(root / "clip"),
         "prompts": str(root / "prompts.txt"), "empty_prompts": str(root / "empty.txt"),
     }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory):
+    """A tiny Wan2.1 T2V pipeline folder, a tiny CLIP reward folder (for ``frames:clip``), and a prompt file."""
+    from tiny_models import tiny_clip_folder, tiny_wan_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_wan")
+    (root / "prompts.txt").write_text("a cat\na dog\na cat on the mat\na dog in the snow\n")
+    return {
+        "model": tiny_wan_pipeline(root / "wan"),
+        "reward": tiny_clip_folder(root / "clip"),
+        "prompts": str(root / "prompts.txt"),
+    }

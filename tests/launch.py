@@ -136,6 +136,19 @@ def sdxl_args(tiny, output_dir, *extra):
     ]  # fmt: skip
 
 
+def wan_args(tiny, output_dir, *extra):
+    """train_amd_wan.py's flags for the ``tiny_wan`` fixture: 16 x 16 px, 5 frames (2 latent frames), K = 2,
+    CFG 4 with a short negative prompt, 8 text tokens."""
+    return [
+        "--pretrained_model_name_or_path", tiny["model"], "--prompts_file", tiny["prompts"], "--reward", "frames:clip",
+        "--reward_model_name_or_path", tiny["reward"], "--reward_num_frames", "2", "--height", "16", "--width", "16",
+        "--num_frames", "5", "--max_sequence_length", "8", "--negative_prompt", "snow", "--output_dir", str(output_dir),
+        "--train_batch_size", "4", "--group_size", "2", "--lora_rank", "4", "--fake_update_ratio", "2",
+        "--learning_rate", "1e-3", "--fake_learning_rate", "1e-3", "--validation_steps", "100",
+        "--checkpointing_steps", "2", "--report_to", "none", *extra,
+    ]  # fmt: skip
+
+
 def train_in_process(trainer, args):
     """``trainer.main(trainer.parse_args(args))`` in this process, which skips an interpreter and its imports
     (seconds per run); returns the network carrying the trained adapters. accelerate's process-wide state is

@@ -1,10 +1,10 @@
-"""train_amd_sdxl.load_prompts: every prompt source the trainer accepts, and its one-sentence errors."""
+"""amd_utils.prompts.load_prompts: every prompt source the trainer accepts, and its one-sentence errors."""
 
 import argparse
 
 import pytest
 
-from train_amd_sdxl import load_prompts
+from amd_utils.prompts import load_prompts
 
 
 def _args(**kwargs):

@@ -1,4 +1,4 @@
-"""Both trainers, in-process on tiny models (CPU, fp32, same seed): flags that must not change the math give the
+"""The three trainers, in-process on tiny models (CPU, fp32, same seed): flags that must not change the math give the
 same adapters as the plain path, flags that must change it do, faults are survived or stop the run cleanly,
 and bad input is refused with one sentence before anything is written."""
 
@@ -8,21 +8,26 @@ import sys
 
 import pytest
 import torch
-from launch import checkpoint_adapters, sdxl_args, sit_args, train_in_process, with_flags
+from launch import checkpoint_adapters, sdxl_args, sit_args, train_in_process, wan_args, with_flags
 
 import amd_utils.training
 import train_amd_sdxl
 import train_amd_sit
+import train_amd_wan
 
-TRAINERS = {"sit": (train_amd_sit, sit_args, "tiny_sit"), "sdxl": (train_amd_sdxl, sdxl_args, "tiny_sdxl")}
+TRAINERS = {
+    "sit": (train_amd_sit, sit_args, "tiny_sit"),
+    "sdxl": (train_amd_sdxl, sdxl_args, "tiny_sdxl"),
+    "wan": (train_amd_wan, wan_args, "tiny_wan"),
+}
 REWARDS_MODULE = """
 import torch
 
 def mean_pixel(images, conditions):
-    return images.mean(dim=(1, 2, 3))
+    return images.flatten(1).mean(dim=1)
 
 def nan_for_first(images, conditions):  # a reward model that fails on one sample of every batch
-    rewards = images.mean(dim=(1, 2, 3))
+    rewards = images.flatten(1).mean(dim=1)
     rewards[0] = float("nan")
     return rewards
 
@@ -30,7 +35,7 @@ def one_for_the_batch(images, conditions):
     return images.mean().reshape(1)
 
 def a_list(images, conditions):
-    return images.mean(dim=(1, 2, 3)).tolist()
+    return images.flatten(1).mean(dim=1).tolist()
 """
 
 

@@ -135,3 +135,33 @@ def tiny_sdxl_pipeline(path, seed=0):
     )  # fmt: skip
     pipe.save_pretrained(str(path))
     return str(path)
+
+
+def tiny_wan_pipeline(path, seed=0):
+    """A Wan2.1 T2V pipeline folder at the size of diffusers' own Wan tests: a 2-layer WanTransformer3DModel, a
+    small AutoencoderKLWan (16 latent channels, 4x temporal and 8x spatial compression), a 1-layer UMT5 encoder
+    and a T5 Unigram tokenizer built from a vocabulary list (no download)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    words = ["▁a", "▁cat", "▁dog", "▁on", "▁mat", "▁in", "▁the", "▁snow", "▁", "a", "c", "t", "d", "o", "g", "n", "s"]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -float(i)) for i, w in enumerate(words)]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    text_config = UMT5Config(
+        vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8
+    )
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )  # fmt: skip
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=UMT5EncoderModel(text_config), vae=vae, transformer=transformer,
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+    )  # fmt: skip
+    pipe.save_pretrained(str(path))
+    return str(path)
