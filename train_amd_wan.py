@@ -235,24 +235,23 @@ def predict_x0(model, adapter, x_t, sigma, prompt_embeds, microbatch_size=None):
     return flow_x0(x_t, velocity, sigma)
 
 
-def student_input(model, prompt_embeds, sigmas, num_steps, shape, device, microbatch_size=None, generator=None):
+def student_input(model, prompt_embeds, sigmas, num_steps, shape, device, microbatch_size=None):
     """DMD2's backward simulation: the student's first ``num_steps`` steps from pure noise without grad (predict
-    x0, re-noise it to the next noise level with fresh noise, as the saved scheduler's stochastic step does);
-    returns the input of the next step."""
-    x = torch.randn(shape, generator=generator, device=device)
+    x0, re-noise it to the next noise level with fresh noise from the global RNG, as the saved scheduler's
+    stochastic step does); returns the input of the next step."""
+    x = torch.randn(shape, device=device)
     with torch.no_grad():
         for i in range(num_steps):
             x0 = predict_x0(model, STUDENT, x, sigmas[i].expand(shape[0]), prompt_embeds, microbatch_size)
-            x = flow_add_noise(
-                x0, torch.randn(shape, generator=generator, device=device), sigmas[i + 1].expand(shape[0])
-            )
+            x = flow_add_noise(x0, torch.randn(shape, device=device), sigmas[i + 1].expand(shape[0]))
     return x
 
 
-def sample_student(model, prompt_embeds, sigmas, shape, device, microbatch_size=None, generator=None):
-    """The student's videos (latents) in all its steps: what WanPipeline with the saved scheduler samples."""
+def sample_student(model, prompt_embeds, sigmas, shape, device, microbatch_size=None):
+    """The student's videos (latents) in all its steps: what WanPipeline with the saved scheduler samples when
+    it draws from the same global RNG state (the scheduler's step has no generator)."""
     last = len(sigmas) - 2
-    x_in = student_input(model, prompt_embeds, sigmas, last, shape, device, microbatch_size, generator)
+    x_in = student_input(model, prompt_embeds, sigmas, last, shape, device, microbatch_size)
     with torch.no_grad():
         return predict_x0(model, STUDENT, x_in, sigmas[last].expand(shape[0]), prompt_embeds, microbatch_size)
 

@@ -115,6 +115,17 @@ def assert_same_adapters(checkpoint_a, checkpoint_b):
             torch.testing.assert_close(a[name][key], b[name][key], atol=1e-6, rtol=1e-5)
 
 
+def tensorboard_scalars(output_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}  # the run's folder, and the tracker's hyper-parameter folder beneath it
+    for folder in {root for root, _, files in os.walk(output_dir / "logs") if any("tfevents" in f for f in files)}:
+        events = EventAccumulator(folder)
+        events.Reload()
+        scalars.update({tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]})
+    return scalars
+
+
 def sit_args(tiny, output_dir, *extra):
     """train_amd_sit.py's flags for the ``tiny_sit`` fixture: 4 student steps, K = 4, CFG 2."""
     return [

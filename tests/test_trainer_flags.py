@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from launch import checkpoint_adapters, sdxl_args, sit_args, train_in_process, wan_args, with_flags
+from launch import checkpoint_adapters, sdxl_args, sit_args, tensorboard_scalars, train_in_process, wan_args, with_flags
 
 import amd_utils.training
 import train_amd_sdxl
@@ -145,17 +145,6 @@ def test_sharpening_changes_the_fake(trainer, tmp_path):
 
 
 # ---------------------------------------------------------------- faults
-
-
-def tensorboard_scalars(output_dir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars = {}  # the run's folder, and the tracker's hyper-parameter folder beneath it
-    for folder in {root for root, _, files in os.walk(output_dir / "logs") if any("tfevents" in f for f in files)}:
-        events = EventAccumulator(folder)
-        events.Reload()
-        scalars.update({tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]})
-    return scalars
 
 
 def test_a_nan_reward_gets_advantage_zero_and_training_goes_on(trainer, tmp_path, rewards_module):

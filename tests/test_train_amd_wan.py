@@ -1,0 +1,167 @@
+"""train_amd_wan.py on a tiny Wan2.1 pipeline, on CPU, offline: the scheduler it saves gives the student's noise
+levels, stock WanPipeline with that scheduler and the LoRA reproduces the trainer's own 4-step sample,
+microbatches do not change the math, video rewards, and (slow) the real command line end to end."""
+
+import sys
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from launch import (
+    assert_fails_with_one_sentence,
+    assert_processes_agree,
+    checkpoint_adapters,
+    launch,
+    tensorboard_scalars,
+    train_in_process,
+    wan_args,
+)
+
+import train_amd_wan
+from amd_utils.parameterization import shift_noise_level
+from amd_utils.rewards import frame_averaged_reward, load_video_reward
+
+SCRIPT = "train_amd_wan.py"
+VIDEO = {"height": 16, "width": 16, "num_frames": 5, "max_sequence_length": 8}
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 4, 6])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0, 8.0])
+def test_the_student_scheduler_gives_the_shifted_noise_levels(tmp_path, num_steps, shift):
+    # shift = sN / (s + N - 1), shift_terminal = s / (s + N - 1) give shift_s(1 - k/N) up to the scheduler's
+    # sigma_min, where its grid ends instead of 0 (measured: at most 3.6e-4 for N = 4, 1.6e-3 for s = 8, N = 8).
+    scheduler = train_amd_wan.student_scheduler(num_steps, shift)
+    wanted = shift_noise_level(1 - torch.arange(num_steps, dtype=torch.float64) / num_steps, shift)
+    torch.testing.assert_close(scheduler.sigmas[:-1].double(), wanted, atol=1e-3, rtol=0)
+    assert scheduler.sigmas[0] == 1.0 and scheduler.sigmas[-1] == 0.0
+    assert torch.equal(scheduler.timesteps, scheduler.sigmas[:-1] * 1000)  # what the transformer is given
+    # What the output folder holds gives, at set_timesteps(N), exactly the levels the student was trained at.
+    scheduler.save_pretrained(tmp_path)
+    saved = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path)
+    saved.set_timesteps(num_steps)
+    assert torch.equal(saved.sigmas, scheduler.sigmas) and saved.config.stochastic_sampling
+
+
+def test_stock_wan_pipeline_with_the_saved_scheduler_and_lora_reproduces_the_trainers_sample(tiny_wan, tmp_path):
+    out = tmp_path / "out"
+    model = train_in_process(train_amd_wan, wan_args(tiny_wan, out, "--max_train_steps", 4, "--fake_update_ratio", 1))
+    for path in (
+        "pytorch_lora_weights.safetensors",
+        "scheduler/scheduler_config.json",
+        "README.md",
+        "validation/step-4.gif",
+    ):
+        assert (out / path).exists(), path
+    card = (out / "README.md").read_text()
+    assert 'subfolder="scheduler"' in card and "num_inference_steps=4" in card and "guidance_scale=1.0" in card
+
+    # The trainer's own sample: its student, its noise levels, its sampler, seed 0. WanPipeline's scheduler step
+    # takes no generator: it re-noises from the global RNG, so both draw everything from it.
+    pipe = WanPipeline.from_pretrained(tiny_wan["model"])
+    pipe.set_progress_bar_config(disable=True)
+    embeds, _ = pipe.encode_prompt("a cat", do_classifier_free_guidance=False, max_sequence_length=8, device="cpu")
+    sigmas = train_amd_wan.student_scheduler(4, 5.0).sigmas
+    torch.manual_seed(0)
+    expected = train_amd_wan.sample_student(model, embeds, sigmas, (1, 16, 2, 2, 2), "cpu")
+
+    # Stock diffusers, as the model card says.
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out, subfolder="scheduler")
+    settings = {**VIDEO, "num_inference_steps": 4, "guidance_scale": 1.0, "output_type": "latent"}
+    torch.manual_seed(0)
+    base = pipe("a cat", **settings).frames
+    pipe.load_lora_weights(str(out))
+    torch.manual_seed(0)
+    student = pipe("a cat", **settings).frames
+    torch.testing.assert_close(student, expected, atol=1e-5, rtol=1e-5)
+    assert (student - base).abs().max() > 1e-3
+
+
+def test_microbatches_give_the_same_gradients_and_adapters(tiny_wan, tmp_path):
+    # Every loss is a per-video mean, so splitting the batch and accumulating gradients is exact up to the order
+    # of float sums: the gradient norms agree to float rounding (a microbatch loss not weighted by its share of
+    # the batch would be off by 4x), and Adam turns the rounding into at most ~1e-5 of the weights at lr 1e-3.
+    adapters, logs = {}, {}
+    for size in (None, 1):
+        out = tmp_path / f"microbatch-{size}"
+        flags = [
+            "--max_train_steps",
+            3,
+            "--fake_update_ratio",
+            1,
+            "--checkpointing_steps",
+            3,
+            "--report_to",
+            "tensorboard",
+        ]
+        train_in_process(train_amd_wan, wan_args(tiny_wan, out, *flags, *(["--microbatch_size", size] if size else [])))
+        adapters[size], logs[size] = checkpoint_adapters(out / "checkpoint-3"), tensorboard_scalars(out)
+    for name in ("student", "fake"):
+        torch.testing.assert_close(logs[1][f"grad_norm/{name}"], logs[None][f"grad_norm/{name}"], rtol=1e-5, atol=0)
+        for key, value in adapters[None][name].items():
+            torch.testing.assert_close(adapters[1][name][key], value, atol=2e-5, rtol=0)
+        assert any(value.abs().max() > 1e-3 for key, value in adapters[1][name].items() if "lora_B" in key)  # trained
+
+
+def test_a_frames_reward_averages_an_image_reward_over_evenly_spaced_frames():
+    calls = []
+
+    def brightness(images, prompts):
+        calls.append((images.shape, list(prompts)))
+        return images.mean(dim=(1, 2, 3))
+
+    frame_values = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])  # frame f has value f / 10
+    videos = frame_values.view(1, 9, 1, 1, 1).expand(2, 9, 3, 4, 4).clone()
+    videos[1] *= 0.5
+    rewards = frame_averaged_reward(brightness, 3, videos, ["a cat", "a dog"])
+    assert calls == [((6, 3, 4, 4), ["a cat"] * 3 + ["a dog"] * 3)]  # frames 0, 4, 8 of each video
+    torch.testing.assert_close(rewards, torch.tensor([0.4, 0.2]))
+    assert load_video_reward("none") is None
+    with pytest.raises(ValueError, match="'clip' scores images: give 'frames:clip'"):
+        load_video_reward("clip")
+
+
+def test_a_user_video_reward_gets_the_decoded_videos_and_their_prompts(tiny_wan, tmp_path, monkeypatch):
+    (tmp_path / "video_reward.py").write_text(
+        "import torch\n"
+        "seen = []\n"
+        "def motion(videos, prompts):\n"
+        "    seen.append((tuple(videos.shape), float(videos.min()), float(videos.max()), list(prompts)))\n"
+        "    return (videos[:, 1:] - videos[:, :-1]).abs().flatten(1).mean(dim=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    train_in_process(
+        train_amd_wan, wan_args(tiny_wan, tmp_path / "out", "--max_train_steps", 2, "--reward", "video_reward:motion")
+    )
+    seen = sys.modules["video_reward"].seen
+    assert len(seen) == 3  # the start-up probe, then one call a step
+    for shape, low, high, prompts in seen[1:]:
+        assert shape == (4, 5, 3, 16, 16) and 0 <= low <= high <= 1
+        assert len(prompts) == 4 and prompts[0] == prompts[1] and prompts[2] == prompts[3]  # groups of K = 2
+
+
+@pytest.mark.slow
+def test_the_command_line_writes_the_lora_scheduler_and_model_card(tiny_wan, tmp_path):
+    out = tmp_path / "out"
+    launch(SCRIPT, wan_args(tiny_wan, out, "--max_train_steps", "2", "--report_to", "tensorboard"))
+    for path in ("pytorch_lora_weights.safetensors", "scheduler/scheduler_config.json", "README.md", "logs",
+                 "validation/step-2.gif", "checkpoint-2/pytorch_lora_weights.safetensors", "checkpoint-2/fake_lora.safetensors"):  # fmt: skip
+        assert (out / path).exists(), path
+
+
+@pytest.mark.slow
+def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_wan, tmp_path):
+    assert_processes_agree(
+        SCRIPT,
+        wan_args(tiny_wan, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"),
+        tmp_path / "dump",
+    )
+
+
+@pytest.mark.slow
+def test_bad_input_on_the_command_line_exits_2_without_a_traceback(tiny_wan, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    assert_fails_with_one_sentence(
+        SCRIPT, wan_args(tiny_wan, out, "--num_frames", "6"), "--num_frames must be 4k + 1", out
+    )
