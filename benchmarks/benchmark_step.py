@@ -3,6 +3,7 @@
 
     python benchmarks/benchmark_step.py --model sdxl --device cuda   # SDXL at 1024 px + HPSv2 (ViT-H-14), bf16
     python benchmarks/benchmark_step.py --model sit --device cuda    # SiT-XL/2 + sd-vae-ft-ema + DINOv2-L, bf16
+    python benchmarks/benchmark_step.py --model wan --device cuda    # Wan2.1-T2V-1.3B, 480x832x81 (--wan_size 14B)
     python benchmarks/benchmark_step.py --model sdxl                 # the same path with tiny models, on CPU
 
 Builds every network from its published configuration with random weights in a temporary folder (CLIP's
@@ -78,6 +79,24 @@ CONFIGS = {
             "resolution": 16,
         },
     },
+    "wan": {  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers / -14B-Diffusers transformers, Wan2.1's VAE, 480 x 832 x 81
+        "full": {
+            "transformer": dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+            "vae": dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]),
+            # UMT5-XXL's width with one layer: prompts are encoded once and cached, so its depth costs no step time.
+            "text_encoder": dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64),
+            "video": (480, 832, 81),
+        },
+        "full-14b": {
+            "transformer": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        },
+        "tiny": {
+            "transformer": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32),
+            "vae": dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
+            "text_encoder": dict(d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2),
+            "video": (16, 16, 5),
+        },
+    },
 }  # fmt: skip
 
 
@@ -108,9 +127,8 @@ def clip_tokenizer(folder):
     return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
 
 
-def build(model, size, folder, device):
+def build(model, config, size, folder, device):
     """The model folder and the reward the trainer reads; returns the trainer's model-specific flags."""
-    config = CONFIGS[model][size]
     if model == "sit":
         with torch.device("meta"):
             transformer, vae = DiTTransformer2DModel(**config["transformer"]), AutoencoderKL(**config["vae"])
@@ -125,6 +143,8 @@ def build(model, size, folder, device):
         ).save_pretrained(os.path.join(folder, "reward"))  # fmt: skip
         return ["--reward", "dinov2", "--reward_model_name_or_path", os.path.join(folder, "reward")]
 
+    if model == "wan":
+        return build_wan(config, size, folder, device)
     tokenizer = clip_tokenizer(os.path.join(folder, "vocab"))
     text_configs = [
         CLIPTextConfig(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **config[name])
@@ -142,34 +162,70 @@ def build(model, size, folder, device):
         f.write("a photo of a cat\na watercolor of a lighthouse at dawn\n")
     flags = ["--prompts_file", os.path.join(folder, "prompts.txt"), "--resolution", str(config["resolution"])]
     if size == "tiny":  # a tiny CLIP reward; the full run scores with HPSv2's ViT-H-14
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-        clip_config = CLIPConfig(text_config={**config["text_encoder"], "vocab_size": 49408}, vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, projection_dim=8)  # fmt: skip
-        CLIPModel(clip_config).save_pretrained(os.path.join(folder, "reward"))
-        image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(
-            os.path.join(folder, "reward")
-        )
-        return flags + [
-            "--reward",
-            "clip",
-            "--reward_model_name_or_path",
-            os.path.join(folder, "reward"),
-            "--reward_resolution",
-            "32",
-        ]
-    import open_clip
-
-    with torch.device("meta"):
-        hps = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
-    torch.save({"state_dict": random_weights(hps, device).float().state_dict()}, os.path.join(folder, "hps.pt"))
+        reward = tiny_clip_reward(folder, tokenizer, config["text_encoder"]["hidden_size"])
+        return flags + ["--reward", "clip", "--reward_model_name_or_path", reward, "--reward_resolution", "32"]
     return flags + [
         "--reward",
         "hpsv2",
         "--reward_model_name_or_path",
-        os.path.join(folder, "hps.pt"),
+        hps_checkpoint(folder, device),
         "--gradient_checkpointing",
     ]
+
+
+def build_wan(config, size, folder, device):
+    """A Wan2.1 T2V pipeline (a small Unigram tokenizer; see CONFIGS) and an image reward scored on frames."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    words = ["▁a", "▁cat", "▁surfing", "▁wave", "▁lighthouse", "▁at", "▁dawn", "▁", "a", "c", "t", "s", "w"]
+    tokenizer = T5Tokenizer(
+        vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0) for w in words], extra_ids=0
+    )
+    with torch.device("meta"):
+        transformer, vae = WanTransformer3DModel(**config["transformer"]), AutoencoderKLWan(**config["vae"])
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **config["text_encoder"]))
+    WanPipeline(
+        tokenizer=tokenizer, text_encoder=random_weights(text_encoder, device), vae=random_weights(vae, device),
+        transformer=random_weights(transformer, device),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+    ).save_pretrained(os.path.join(folder, "model"))  # fmt: skip
+    with open(os.path.join(folder, "prompts.txt"), "w") as f:
+        f.write("a cat surfing a wave\na lighthouse at dawn\n")
+    height, width, frames = config["video"]
+    flags = ["--prompts_file", os.path.join(folder, "prompts.txt"), "--height", str(height), "--width", str(width),
+             "--num_frames", str(frames), "--text_encoder_device", "cpu"]  # fmt: skip
+    if size == "tiny":
+        return flags + ["--max_sequence_length", "8", "--reward", "frames:clip", "--reward_model_name_or_path",
+                        tiny_clip_reward(folder, tokenizer=clip_tokenizer(os.path.join(folder, "vocab")), text_width=32)]  # fmt: skip
+    return flags + ["--reward", "frames:hpsv2", "--reward_model_name_or_path", hps_checkpoint(folder, device),
+                    "--gradient_checkpointing", "--microbatch_size", "1", "--use_8bit_adam"]  # fmt: skip
+
+
+def tiny_clip_reward(folder, tokenizer, text_width):
+    """A tiny transformers CLIP reward folder; returns its path."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    text_config = {"hidden_size": text_width, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "projection_dim": 32, "vocab_size": 49408}  # fmt: skip
+    vision_config = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "image_size": 32, "patch_size": 8}  # fmt: skip
+    path = os.path.join(folder, "reward")
+    CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=8)).save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def hps_checkpoint(folder, device):
+    """HPSv2's ViT-H-14 with random weights, saved as HPSv2 saves its checkpoints; returns its path."""
+    import open_clip
+
+    with torch.device("meta"):
+        hps = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
+    path = os.path.join(folder, "hps.pt")
+    torch.save({"state_dict": random_weights(hps, device).float().state_dict()}, path)
+    return path
 
 
 def run_trainer(model, folder, flags, operator, args):
@@ -197,22 +253,27 @@ def run_trainer(model, folder, flags, operator, args):
     return found.group(1).strip()
 
 
-def memory_budget(model, size, lora_rank):
+def memory_budget(model, size, lora_rank, adam_bytes=8):
     """(base parameters, adapter parameters, GiB of this design, GiB of DMD2's): bf16 frozen weights
-    (2 bytes a parameter); a trained parameter in fp32 with its gradient and two Adam moments (16 bytes)."""
+    (2 bytes a parameter); a trained parameter in fp32 with its gradient (8 bytes) and two Adam moments
+    (``adam_bytes``: 8 in fp32, 2 with 8-bit Adam)."""
     import importlib
+
+    from diffusers import WanTransformer3DModel
 
     with torch.device("meta"):
         config = CONFIGS[model][size]
-        network = (
-            DiTTransformer2DModel(**config["transformer"]) if model == "sit" else UNet2DConditionModel(**config["unet"])
-        )
+        network_class = {"sit": DiTTransformer2DModel, "sdxl": UNet2DConditionModel, "wan": WanTransformer3DModel}[
+            model
+        ]
+        network = network_class(**config["transformer" if model != "sdxl" else "unet"])
     base = sum(p.numel() for p in network.parameters())
     targets = importlib.import_module(f"train_amd_{model}").LORA_TARGET_MODULES
     lora = sum(
         p.numel() for params in add_student_and_fake_adapters(network, targets, lora_rank).values() for p in params
     )
-    return base, lora, (2 * base + 16 * lora) / 2**30, (2 * base + 2 * 16 * base) / 2**30
+    trained = 8 + adam_bytes
+    return base, lora, (2 * base + trained * lora) / 2**30, (2 * base + 2 * trained * base) / 2**30
 
 
 def main():
@@ -225,19 +286,23 @@ def main():
         help="cpu: tiny models (checks the path, times nothing real); cuda: full size.",
     )
     parser.add_argument("--steps", type=int, default=12, help="Training steps per operator (the first ones warm up).")
-    parser.add_argument("--train_batch_size", type=int, default=None, help="Default: 4 (sdxl), 32 (sit).")
+    parser.add_argument("--train_batch_size", type=int, default=None, help="Default: 4 (sdxl, wan), 32 (sit).")
     parser.add_argument("--group_size", type=int, default=4)
-    parser.add_argument("--lora_rank", type=int, default=None, help="Default: 64 (sdxl), 32 (sit).")
+    parser.add_argument("--lora_rank", type=int, default=None, help="Default: 64 (sdxl, wan), 32 (sit).")
+    parser.add_argument("--wan_size", choices=["1.3B", "14B"], default="1.3B", help="The Wan transformer run on CUDA.")
     parser.add_argument("--operators", nargs="+", default=["dmd", "amd"])
     args = parser.parse_args()
-    args.train_batch_size = args.train_batch_size or (4 if args.model == "sdxl" else 32)
-    args.lora_rank = args.lora_rank or (64 if args.model == "sdxl" else 32)
+    args.train_batch_size = args.train_batch_size or (32 if args.model == "sit" else 4)
+    args.lora_rank = args.lora_rank or (32 if args.model == "sit" else 64)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA GPU: without one, run the tiny benchmark with --device cpu.")
     size = "tiny" if device == "cpu" else "full"
     with tempfile.TemporaryDirectory() as folder:
-        flags = build(args.model, size, folder, device)
+        config = CONFIGS[args.model][size]
+        if args.model == "wan" and size == "full" and args.wan_size == "14B":
+            config = {**config, **CONFIGS["wan"]["full-14b"]}
+        flags = build(args.model, config, size, folder, device)
         if device == "cuda":
             torch.cuda.empty_cache()  # the built networks are gone: leave the GPU to the trainer
         reports = {operator: run_trainer(args.model, folder, flags, operator, args) for operator in args.operators}
@@ -246,12 +311,20 @@ def main():
     if {"dmd", "amd"} <= reports.keys():
         times = {op: [float(s) for s in re.findall(r"([\d.]+) s ", reports[op])] for op in ("dmd", "amd")}
         print("amd / dmd step time: " + ", ".join(f"{a / d:.3f}" for a, d in zip(times["amd"], times["dmd"])))
-    base, lora, ours, dmd2 = memory_budget(args.model, size, args.lora_rank)
-    print(f"base network {base / 1e6:.1f} M parameters, student + fake LoRA (rank {args.lora_rank}) {lora / 1e6:.1f} M")
-    print(
-        f"weights + gradients + Adam: one frozen base with two adapters {ours:.2f} GiB; DMD2's frozen teacher + two "
-        f"trained copies {dmd2:.2f} GiB"
-    )
+    # Wan: both published sizes, from parameter counts alone (meta device), whatever was run.
+    budgets = [("full", 8), ("full", 2), ("full-14b", 8), ("full-14b", 2)] if args.model == "wan" else [(size, 8)]
+    for budget_size, adam_bytes in budgets:
+        base, lora, ours, dmd2 = memory_budget(args.model, budget_size, args.lora_rank, adam_bytes)
+        adam = "8-bit Adam" if adam_bytes == 2 else "Adam"
+        name = {"full": "1.3B", "full-14b": "14B"}.get(budget_size, budget_size) if args.model == "wan" else budget_size
+        print(
+            f"{args.model} {name}: base network {base / 1e6:.1f} M parameters, student + fake LoRA "
+            f"(rank {args.lora_rank}) {lora / 1e6:.1f} M"
+        )
+        print(
+            f"weights + gradients + {adam}: one frozen base with two adapters {ours:.2f} GiB; DMD2's frozen teacher + two "
+            f"trained copies {dmd2:.2f} GiB"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from launch import ENV, REPO
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, operators", [("sit", ["dmd", "amd"]), ("sdxl", ["amd"])])
+@pytest.mark.parametrize("model, operators", [("sit", ["dmd", "amd"]), ("sdxl", ["amd"]), ("wan", ["amd"])])
 def test_tiny_benchmark_reports_step_times_and_memory(model, operators):
     command = [
         sys.executable,
@@ -33,3 +33,6 @@ def test_tiny_benchmark_reports_step_times_and_memory(model, operators):
     if len(operators) == 2:
         assert re.search(r"^amd / dmd step time: [\d.]+, [\d.]+$", result.stdout, re.M), result.stdout
     assert "one frozen base with two adapters" in result.stdout
+    if model == "wan":  # the budgets of both published sizes, from parameter counts on the meta device
+        assert "wan 1.3B: base network 1419.0 M parameters" in result.stdout
+        assert "wan 14B: base network 14288.5 M parameters" in result.stdout
