@@ -29,7 +29,7 @@ from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
 from amd_utils.lora import FAKE, STUDENT, lora_state_dict, merged_base_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
-from amd_utils.parameterization import sample_noise_levels, sit_add_noise, sit_model_target, sit_x0
+from amd_utils.parameterization import sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
 from amd_utils.rewards import load_reward, score
 from amd_utils.sit import save_sit_pipeline
@@ -44,6 +44,7 @@ from amd_utils.training import (
     latest_validation,
     make_accelerator,
     prepare_adapters,
+    score_noise_levels,
     validation_rng,
 )
 
@@ -244,11 +245,6 @@ def main(args):
     # ------------------------------------------------------------------ outputs
     loop.finish(lambda: save_outputs(args, model, vae, validation_labels))
     return model
-
-
-def score_noise_levels(args, n, device):
-    """Noise levels (0 clean, 1 noise) drawn uniformly in [--min_score_noise_level, --max_score_noise_level]."""
-    return sample_noise_levels(n, args.min_score_noise_level, args.max_score_noise_level, device=device)
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_video_grid
 from amd_utils.lora import FAKE, STUDENT, lora_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
-from amd_utils.parameterization import flow_add_noise, flow_model_target, flow_x0, sample_noise_levels
+from amd_utils.parameterization import flow_add_noise, flow_model_target, flow_x0
 from amd_utils.prompts import add_prompt_arguments, check_prompt_args, load_prompts
 from amd_utils.rewards import load_video_reward, score
 from amd_utils.training import (
@@ -43,6 +43,7 @@ from amd_utils.training import (
     latest_validation,
     make_accelerator,
     prepare_adapters,
+    score_noise_levels,
     validation_rng,
 )
 
@@ -256,6 +257,13 @@ def sample_student(model, prompt_embeds, sigmas, shape, device, microbatch_size=
         return predict_x0(model, STUDENT, x_in, sigmas[last].expand(shape[0]), prompt_embeds, microbatch_size)
 
 
+def latent_shape(args, batch_size, model, vae):
+    """(B, C, latent frames, latent height, latent width) of --num_frames x --height x --width videos."""
+    frames = (args.num_frames - 1) // vae.config.scale_factor_temporal + 1
+    height, width = args.height // vae.config.scale_factor_spatial, args.width // vae.config.scale_factor_spatial
+    return (batch_size, model.config.in_channels, frames, height, width)
+
+
 @torch.no_grad()
 def to_videos(latents, vae):
     """Latents to videos (B, F, 3, H, W) in [0, 1], un-normalized with the VAE's latents_mean / latents_std as
@@ -280,13 +288,7 @@ def main(args):
         transformer, model, updates, global_step = prepare_adapters(
             accelerator, transformer, LORA_TARGET_MODULES, args, save_extra
         )
-        shape = (
-            args.train_batch_size,
-            model.config.in_channels,
-            (args.num_frames - 1) // vae.config.scale_factor_temporal + 1,
-            args.height // vae.config.scale_factor_spatial,
-            args.width // vae.config.scale_factor_spatial,
-        )
+        shape = latent_shape(args, args.train_batch_size, model, vae)
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
             grey = torch.full(
                 (args.group_size, args.num_frames, 3, args.height, args.width), 0.5, device=accelerator.device
@@ -333,10 +335,7 @@ def main(args):
         # 3. Student update: re-noise, score with real (cond / negative prompt) and fake teachers, compose
         # (Eqs. 7-10); the student's pass with grad per microbatch, each loss its share of the batch mean.
         if student_turn:
-            levels = sample_noise_levels(
-                shape[0], args.min_score_noise_level, args.max_score_noise_level, args.score_timestep_shift,
-                device=accelerator.device,
-            )  # fmt: skip
+            levels = score_noise_levels(args, shape[0], accelerator.device, args.score_timestep_shift)
             x_t = flow_add_noise(x, torch.randn_like(x), levels)
             with torch.no_grad():
                 x0_real_cond = real_x0(x_t, levels, prompt_embeds)
@@ -360,10 +359,7 @@ def main(args):
 
         # 4. Fake teacher update: diffusion loss on the detached videos, weighted by W(a) (Eq. 14), at noise
         # levels drawn as for the scores.
-        levels = sample_noise_levels(
-            shape[0], args.min_score_noise_level, args.max_score_noise_level, args.score_timestep_shift,
-            device=accelerator.device,
-        )  # fmt: skip
+        levels = score_noise_levels(args, shape[0], accelerator.device, args.score_timestep_shift)
         noise = torch.randn_like(x)
         weights = fake_sample_weights(advantages, args.sharpen)
 
@@ -389,8 +385,7 @@ def log_validation(accelerator, model, vae, embed, sigmas, args, prompts, global
     """Student videos for fixed seeds, in its own steps: a GIF in the output folder and the trackers."""
     with validation_rng(accelerator, args.seed):
         prompt_embeds = embed(prompts, accelerator.device)
-        shape = (len(prompts), model.config.in_channels, (args.num_frames - 1) // vae.config.scale_factor_temporal + 1,
-                 args.height // vae.config.scale_factor_spatial, args.width // vae.config.scale_factor_spatial)  # fmt: skip
+        shape = latent_shape(args, len(prompts), model, vae)
         latents = sample_student(model, prompt_embeds, sigmas, shape, accelerator.device, args.microbatch_size)
         videos = to_videos(latents, vae)
     return save_and_log_video_grid(accelerator, videos, args.output_dir, global_step)

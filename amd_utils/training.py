@@ -37,6 +37,7 @@ from .lora import (
     use_adapter,
 )
 from .objective import OPERATORS
+from .parameterization import sample_noise_levels
 
 logger = get_logger(__name__)
 
@@ -172,6 +173,12 @@ def check_shared_args(parser, args):
             "or 'latest'."
         )
     args.lora_alpha = args.lora_alpha or args.lora_rank  # peft's scale is alpha / rank
+
+
+def score_noise_levels(args, batch_size, device, shift=1.0):
+    """Noise levels (0 clean, 1 noise) at which the student's samples are scored: uniform in
+    [--min_score_noise_level, --max_score_noise_level], shifted by ``shift`` and clamped back into the range."""
+    return sample_noise_levels(batch_size, args.min_score_noise_level, args.max_score_noise_level, shift, device=device)
 
 
 def exit_bad_input(script, error):
