@@ -16,9 +16,8 @@ def tiny_sit_pipeline(path, seed=0):
         num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=2, num_layers=2,
         sample_size=8, patch_size=2, num_embeds_ada_norm=NUM_CLASSES, norm_eps=1e-6,
     )  # fmt: skip
-    with (
-        torch.no_grad()
-    ):  # DiT zero-initializes its modulations; random ones make a teacher whose outputs depend on t and c
+    # DiT zero-initializes its modulations; random ones make a teacher whose outputs depend on t and c.
+    with torch.no_grad():
         for name, parameter in transformer.named_parameters():
             if "norm1.linear" in name or "proj_out" in name:
                 parameter.normal_(0, 0.05)
