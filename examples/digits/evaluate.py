@@ -9,19 +9,10 @@
 
 import torch
 
+from amd_utils.metrics import feature_statistics, frechet_distance
 from amd_utils.rewards import load_reward
 
 from .prepare import NUM_CLASSES, load_judge
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))`` for feature sets (N, D) and (M, D).
-    ``tr((S_a S_b)^(1/2))`` is the sum of the square roots of the eigenvalues of ``S_a S_b``, which are
-    real and non-negative for covariance matrices (up to round-off, clamped)."""
-    a, b = a.double(), b.double()
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    root_trace = torch.linalg.eigvals(cov_a @ cov_b).real.clamp(min=0).sqrt().sum()
-    return ((a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * root_trace).item()
 
 
 def within_class_diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -40,13 +31,13 @@ class Evaluator:
     def __init__(self, judge_path, reward_path, real_images):
         self.judge = load_judge(judge_path)
         self.reward = load_reward("dinov2", reward_path)
-        self.real_features = self.judge.features(real_images)
+        self.real_statistics = feature_statistics(self.judge.features(real_images))
 
     @torch.no_grad()
     def __call__(self, images, labels):
         features = self.judge.features(images)
         return {
-            "fd": frechet_distance(features, self.real_features),
+            "fd": frechet_distance(*feature_statistics(features), *self.real_statistics),
             "accuracy": (self.judge.classifier(features).argmax(1) == labels).double().mean().item(),
             "mean_reward": self.reward(images, labels).mean().item(),
             "diversity": within_class_diversity(images, labels),
