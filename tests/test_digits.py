@@ -1,4 +1,4 @@
-"""The digits demo: its metrics against hand-computed values, and the whole demo on a tiny budget."""
+"""The digits demo and study: the within-class diversity by hand, the demo and the study on tiny budgets."""
 
 import json
 import os
@@ -7,32 +7,10 @@ import sys
 
 import pytest
 import torch
-from scipy.linalg import sqrtm
 
-from examples.digits.evaluate import frechet_distance, within_class_diversity
+from examples.digits.evaluate import within_class_diversity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_frechet_distance_identities():
-    torch.manual_seed(0)
-    a = torch.randn(500, 6) @ torch.randn(6, 6)
-    shift = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 1.0])
-    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
-    # Same covariance: only the means differ.
-    assert frechet_distance(a, a + shift) == pytest.approx(shift.pow(2).sum().item(), rel=1e-8)
-    # b = 2a: cov_b = 4 S, tr((S 4S)^(1/2)) = 2 tr(S), so FD = |mu|^2 + tr(S) + 4 tr(S) - 4 tr(S).
-    expected = a.double().mean(0).pow(2).sum() + torch.cov(a.double().T).trace()
-    assert frechet_distance(a, 2 * a) == pytest.approx(expected.item(), rel=1e-8)
-
-
-def test_frechet_distance_matches_the_matrix_square_root():
-    torch.manual_seed(1)
-    a, b = torch.randn(300, 5) @ torch.randn(5, 5), torch.randn(400, 5) @ torch.randn(5, 5) + 1
-    cov_a, cov_b = torch.cov(a.double().T).numpy(), torch.cov(b.double().T).numpy()
-    expected = (a.double().mean(0) - b.double().mean(0)).pow(2).sum().item() + cov_a.trace() + cov_b.trace()
-    expected -= 2 * sqrtm(cov_a @ cov_b).real.trace()
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
 
 
 def test_within_class_diversity_hand_computed():
@@ -65,9 +43,9 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     results = json.loads((out / "results.json").read_text())
     names = [entry["run"] for entry in results["summary"]]
     assert names == [
-        "real digits (the other half)", "teacher, 3 steps, w = 1", "teacher, 3 steps, w = 1.5", "teacher, 4 steps, w = 1.5",
-        "student before distillation", "dmd warm start", "dmd, no sharpening", "dmd, sharpening", "amd, no sharpening",
-        "amd, sharpening",
+        "real digits (the other half)", "teacher, 3 steps, w = 1", "student before distillation",
+        "teacher, 3 steps, w = 1.5", "teacher, 4 steps, w = 1.5", "dmd warm start", "dmd, no sharpening",
+        "dmd, sharpening", "amd, no sharpening", "amd, sharpening",
     ]  # fmt: skip
     runs = [row for row in results["runs"] if row["seed"] is not None]
     assert len(runs) == 2 * 5 and {row["seed"] for row in runs} == {0, 1}
@@ -83,3 +61,45 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     log = (out / "runs" / "amd_sharpen_seed1.log").read_text()
     assert "Resuming from" in log and "dmd_warmup_seed1/checkpoint-2" in log
     assert (out / "runs" / "amd_sharpen_seed1" / "model_index.json").exists()
+
+
+@pytest.mark.slow
+def test_study_runs_on_a_tiny_budget(tmp_path):
+    """Two guidance scales, two sensitivities, amd only, 2 steps per stage: names, grids, figures, settings."""
+    out = tmp_path / "study"
+    flags = [
+        "--output_dir", str(out), "--teacher_steps", "10", "--classifier_steps", "10", "--warmup_steps", "2",
+        "--finetune_steps", "2", "--seeds", "0", "--guidance_scales", "1.5", "3", "--sensitivities", "0.25", "0.5",
+        "--operators", "amd", "--samples_per_class", "4", "--teacher_sampling_steps", "3",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.digits.study", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "The study took" in result.stdout
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["guidance_scales"] == [1.5, 3.0]
+    runs = {row["run"] for row in results["runs"] if row["seed"] is not None}
+    assert runs == {
+        f"w = {w}, {method}" for w in ("1.5", "3") for method in (
+            "dmd warm start", "amd, s = 0.25, no sharpening", "amd, s = 0.25, sharpening",
+            "amd, s = 0.5, no sharpening", "amd, s = 0.5, sharpening",
+        )
+    }  # fmt: skip
+    teachers = [row["run"] for row in results["runs"] if row["run"].startswith("teacher")]
+    assert teachers == ["teacher, 3 steps, w = 1", "teacher, 3 steps, w = 1.5", "teacher, 4 steps, w = 1.5",
+                        "teacher, 3 steps, w = 3", "teacher, 4 steps, w = 3"]  # fmt: skip
+    # Each run trained at its own guidance scale and sensitivity.
+    log = (out / "runs" / "w3" / "amd_s0.25_sharpen_seed0.log").read_text()
+    assert "Resuming from" in log and "w3/dmd_warmup_seed0/checkpoint-2" in log
+    card = (out / "runs" / "w3" / "amd_s0.25_sharpen_seed0" / "README.md").read_text()
+    assert "| `real_guidance_scale` | `3.0` |" in card and "| `sensitivity` | `0.25` |" in card
+    for name in ("reward_vs_fd_w1.5.png", "reward_vs_fd_w3.png", "grids/w3_amd_s0.5_sharpen_seed0.png"):
+        assert (out / name).exists(), name

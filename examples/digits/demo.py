@@ -45,10 +45,8 @@ EVALUATION_SEED = 1234  # the same noise for every model
 STUDENT_SIGMAS = [1.0, 0.75, 0.5, 0.25]  # train_amd_sit.py's default --student_timesteps, as noise levels
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="AMD on scikit-learn's digits, end to end on CPU.")
-    parser.add_argument("--output_dir", default="outputs/digits")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+def add_budget_arguments(parser):
+    """The flags the demo and the study share: what is trained, for how long, and how it is scored."""
     parser.add_argument("--operators", nargs="+", default=list(OPERATORS), choices=OPERATORS)
     parser.add_argument("--teacher_steps", type=int, default=1000, help="Teacher training steps (batch 128).")
     parser.add_argument(
@@ -58,12 +56,12 @@ def parse_args(argv=None):
         "--warmup_steps", type=int, default=400, help="Steps of the shared pure-DMD first stage (paper, App. A.4)."
     )
     parser.add_argument("--finetune_steps", type=int, default=200, help="Steps of every method after the warm start.")
-    parser.add_argument("--real_guidance_scale", type=float, default=1.5)
-    parser.add_argument("--sensitivity", type=float, default=0.5)
     parser.add_argument("--samples_per_class", type=int, default=100, help="Samples per class for the metrics.")
     parser.add_argument("--teacher_sampling_steps", type=int, default=50, help="The teacher's full step count.")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="Distillation runs at once.")
-    args = parser.parse_args(argv)
+
+
+def check_budget_arguments(parser, args):
     for name in (
         "teacher_steps",
         "classifier_steps",
@@ -76,29 +74,46 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.samples_per_class < 2:
         parser.error("--samples_per_class must be at least 2 to measure within-class diversity.")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="AMD on scikit-learn's digits, end to end on CPU.")
+    parser.add_argument("--output_dir", default="outputs/digits")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--real_guidance_scale", type=float, default=1.5)
+    parser.add_argument("--sensitivity", type=float, default=0.5)
+    add_budget_arguments(parser)
+    args = parser.parse_args(argv)
+    check_budget_arguments(parser, args)
     return args
 
 
-def plan_runs(args):
-    """Stage 1: pure DMD from the teacher, one run per seed, checkpointed at its end. Stage 2: every
-    (operator, sharpening) pair resumes that checkpoint (adapters, optimizers and random state) and trains
-    ``finetune_steps`` more, so the runs of one seed differ in their objective alone."""
-    runs_dir = os.path.join(args.output_dir, "runs")
-    warmups, finetunes = [], []
-    for seed in args.seeds:
-        warmup = {"name": "dmd warm start", "operator": "dmd", "sharpen": False, "seed": seed,
-                  "dir": os.path.join(runs_dir, f"dmd_warmup_seed{seed}"), "steps": args.warmup_steps, "resume": None}  # fmt: skip
-        warmups.append(warmup)
-        for operator in args.operators:
+def plan_runs(args, runs_dir, seed, guidance, sensitivities, label=""):
+    """Stage 1: pure DMD from the teacher, one run, checkpointed at its end. Stage 2: every (operator,
+    sharpening) pair, for every sensitivity s of ``sensitivities`` (dmd ignores s: one), resumes that
+    checkpoint (adapters, optimizers and random state) and trains ``finetune_steps`` more, so the runs of one
+    seed differ in their objective alone. With several s, the names and folders say which; ``label``
+    prefixes the names."""
+    shared = {"seed": seed, "guidance": guidance}
+    warmup = {
+        **shared, "name": label + "dmd warm start", "operator": "dmd", "sharpen": False,
+        "sensitivity": sensitivities[0], "dir": os.path.join(runs_dir, f"dmd_warmup_seed{seed}"),
+        "steps": args.warmup_steps, "resume": None,
+    }  # fmt: skip
+    finetunes = []
+    for operator in args.operators:
+        for sensitivity in sensitivities[:1] if operator == "dmd" else sensitivities:
+            named_s = len(sensitivities) > 1 and operator != "dmd"
             for sharpen in (False, True):
-                name = f"{operator}, {'sharpening' if sharpen else 'no sharpening'}"
-                folder = f"{operator}_{'sharpen' if sharpen else 'nosharpen'}_seed{seed}"
+                name = f"{label}{operator}, " + (f"s = {sensitivity:g}, " if named_s else "")
+                folder = operator + (f"_s{sensitivity:g}" if named_s else "")
                 finetunes.append({
-                    "name": name, "operator": operator, "sharpen": sharpen, "seed": seed, "dir": os.path.join(runs_dir, folder),
-                    "steps": args.warmup_steps + args.finetune_steps,
+                    **shared, "name": name + ("sharpening" if sharpen else "no sharpening"), "operator": operator,
+                    "sharpen": sharpen, "sensitivity": sensitivity, "steps": args.warmup_steps + args.finetune_steps,
+                    "dir": os.path.join(runs_dir, f"{folder}_{'sharpen' if sharpen else 'nosharpen'}_seed{seed}"),
                     "resume": os.path.join(warmup["dir"], f"checkpoint-{args.warmup_steps}"),
                 })  # fmt: skip
-    return warmups, finetunes
+    return [warmup], finetunes
 
 
 def train_command(args, paths, run, threads):
@@ -107,13 +122,15 @@ def train_command(args, paths, run, threads):
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads),
         os.path.join(REPO, "train_amd_sit.py"),
-        "--pretrained_model_name_or_path", paths["teacher"], "--reward", "dinov2", "--reward_model_name_or_path", paths["reward"],
-        "--operator", run["operator"], "--sharpen" if run["sharpen"] else "--no_sharpen", "--sensitivity", str(args.sensitivity),
-        "--real_guidance_scale", str(args.real_guidance_scale), "--seed", str(run["seed"]), "--output_dir", run["dir"],
+        "--pretrained_model_name_or_path", paths["teacher"],
+        "--reward", "dinov2", "--reward_model_name_or_path", paths["reward"], "--operator", run["operator"],
+        "--sharpen" if run["sharpen"] else "--no_sharpen", "--sensitivity", str(run["sensitivity"]),
+        "--real_guidance_scale", str(run["guidance"]), "--seed", str(run["seed"]), "--output_dir", run["dir"],
         "--max_train_steps", str(run["steps"]), "--train_batch_size", "64", "--group_size", "4",
         "--learning_rate", "1e-3", "--lora_rank", "16", "--validation_steps", str(run["steps"]),
         "--validation_class_labels", *map(str, range(NUM_CLASSES)), "--report_to", "tensorboard",
-        "--checkpointing_steps", str(args.warmup_steps if run["resume"] is None else run["steps"] + 1),  # stage 1's end only
+        # a checkpoint at stage 1's end only
+        "--checkpointing_steps", str(args.warmup_steps if run["resume"] is None else run["steps"] + 1),
     ]  # fmt: skip
     if run["resume"] is not None:
         command += ["--resume_from_checkpoint", run["resume"]]
@@ -131,6 +148,7 @@ def train_all(args, paths, runs, desc):
 
     def train(run):
         shutil.rmtree(run["dir"], ignore_errors=True)  # this demo's own earlier output for the run
+        os.makedirs(os.path.dirname(run["dir"]), exist_ok=True)
         with open(run["dir"] + ".log", "w") as log:
             result = subprocess.run(
                 train_command(args, paths, run, threads), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
@@ -157,31 +175,66 @@ def load_pipeline(path, **components):
     return pipe
 
 
-def evaluate_all(args, paths, runs, evaluator):
-    """Rows of metrics for the teacher (full step count; 4 Euler steps; the student before training, i.e.
-    the teacher sampled in the student's 4 steps) and for every run, all on the same noise."""
+def teacher_sources(paths, full_steps, guidance_scales):
+    """The reference rows: the teacher at its full step count without guidance, the student before training
+    (the teacher in the student's 4 steps), and at every guidance scale w the teacher at its full step count
+    (the distillation target) and in 4 Euler steps."""
     teacher = load_pipeline(paths["teacher"])
     untrained_student = load_pipeline(
         paths["teacher"],
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(teacher.scheduler.config, stochastic_sampling=True),
     )
-    w, full = args.real_guidance_scale, args.teacher_sampling_steps
     sources = [
-        (f"teacher, {full} steps, w = 1", None, "teacher_full_w1", teacher, {"num_inference_steps": full}),
-        (f"teacher, {full} steps, w = {w:g}", None, "teacher_full_cfg", teacher, {"num_inference_steps": full, "guidance_scale": w}),
-        (f"teacher, 4 steps, w = {w:g}", None, "teacher_4steps_cfg", teacher, {"num_inference_steps": 4, "guidance_scale": w}),
+        (f"teacher, {full_steps} steps, w = 1", None, "teacher_full_w1", teacher, {"num_inference_steps": full_steps}),
         ("student before distillation", None, "student_step0", untrained_student, {"sigmas": STUDENT_SIGMAS}),
-    ]  # fmt: skip
-    sources += [(run["name"], run["seed"], os.path.basename(run["dir"]), run["dir"], {}) for run in runs]
+    ]
+    for w in guidance_scales:
+        full = {"num_inference_steps": full_steps, "guidance_scale": w}
+        sources += [
+            (f"teacher, {full_steps} steps, w = {w:g}", None, f"teacher_full_w{w:g}", teacher, full),
+            (
+                f"teacher, 4 steps, w = {w:g}",
+                None,
+                f"teacher_4steps_w{w:g}",
+                teacher,
+                {**full, "num_inference_steps": 4},
+            ),
+        ]
+    return sources
+
+
+def evaluate_sources(args, sources, evaluator, grid_seed):
+    """A row of metrics per source ``(name, seed, grid stem, pipeline or folder, sampling kwargs)``, all on
+    the same noise; a sample grid for the sources without a seed and those of ``grid_seed``."""
     rows = []
     for name, seed, stem, pipe, kwargs in tqdm(sources, desc="evaluating"):
         if isinstance(pipe, str):
             pipe = load_pipeline(pipe)
         images, labels = sample_per_class(pipe, args.samples_per_class, seed=EVALUATION_SEED, **kwargs)
         rows.append({"run": name, "seed": seed, **evaluator(images, labels)})
-        if seed in (None, args.seeds[0]):
+        if seed in (None, grid_seed):
             save_grid(images, os.path.join(args.output_dir, "grids", f"{stem}.png"))
     return rows
+
+
+def run_sources(args, runs):
+    """Every run as a source, its grid named after its folder under ``<output_dir>/runs``."""
+    runs_dir = os.path.join(args.output_dir, "runs")
+    return [
+        (run["name"], run["seed"], os.path.relpath(run["dir"], runs_dir).replace(os.sep, "_"), run["dir"], {})
+        for run in runs
+    ]
+
+
+def real_digits_evaluator(paths):
+    """The judge trained on half 1: the Frechet reference is that half; the real-data row is the other half."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    diffusers_logging.disable_progress_bar()  # one bar for the whole evaluation instead of one per pipeline load
+    images, labels, half = load_data()
+    images = (images + 1) / 2
+    evaluator = Evaluator(paths["judge"], paths["reward"], images[half == 1])
+    real_row = {"run": "real digits (the other half)", "seed": None, **evaluator(images[half == 0], labels[half == 0])}
+    return evaluator, real_row
 
 
 def summarize(rows):
@@ -219,22 +272,8 @@ def markdown_table(summary, per_run):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    paths = prepare(args.output_dir, args.teacher_steps, args.classifier_steps)
-    warmups, finetunes = plan_runs(args)
-    os.makedirs(os.path.join(args.output_dir, "runs"), exist_ok=True)
-    train_all(args, paths, warmups, "stage 1: pure DMD")
-    train_all(args, paths, finetunes, "stage 2: each method")
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    diffusers_logging.disable_progress_bar()  # one bar for the whole evaluation instead of one per pipeline load
-    images, labels, half = load_data()
-    images = (images + 1) / 2
-    # The judge trained on half 1: the Frechet reference is that half, the real-data row the other half.
-    evaluator = Evaluator(paths["judge"], paths["reward"], images[half == 1])
-    real_row = {"run": "real digits (the other half)", "seed": None, **evaluator(images[half == 0], labels[half == 0])}
-    rows = [real_row] + evaluate_all(args, paths, warmups + finetunes, evaluator)
+def write_results(args, rows):
+    """``results.md`` (mean ± std over seeds, then every run) and ``results.json``; prints the summary."""
     summary = summarize(rows)
     table = markdown_table(summary, rows)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
@@ -242,6 +281,24 @@ def main(argv=None):
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"settings": vars(args), "summary": summary, "runs": rows}, f, indent=2)
     print(table.split("\n\nPer run:")[0])
+    return summary
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = prepare(args.output_dir, args.teacher_steps, args.classifier_steps)
+    runs_dir = os.path.join(args.output_dir, "runs")
+    plans = [plan_runs(args, runs_dir, seed, args.real_guidance_scale, [args.sensitivity]) for seed in args.seeds]
+    warmups, finetunes = [run for plan in plans for run in plan[0]], [run for plan in plans for run in plan[1]]
+    train_all(args, paths, warmups, "stage 1: pure DMD")
+    train_all(args, paths, finetunes, "stage 2: each method")
+
+    evaluator, real_row = real_digits_evaluator(paths)
+    sources = teacher_sources(paths, args.teacher_sampling_steps, [args.real_guidance_scale])
+    rows = [real_row] + evaluate_sources(
+        args, sources + run_sources(args, warmups + finetunes), evaluator, args.seeds[0]
+    )
+    write_results(args, rows)
     print(
         f"\nWrote {os.path.join(args.output_dir, 'results.md')} and the sample grids in "
         f"{os.path.join(args.output_dir, 'grids')}."
