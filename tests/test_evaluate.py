@@ -1,0 +1,163 @@
+"""scripts/evaluate.py on tiny SDXL and SiT students trained here, with tiny reward models and an Inception
+network with random weights, all loaded through the script's own code, offline."""
+
+import json
+import os
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LCMScheduler, StableDiffusionXLPipeline
+from launch import sdxl_args, sit_args, train_in_process
+from PIL import Image
+from tiny_models import tiny_clip_folder
+
+import train_amd_sdxl
+import train_amd_sit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import evaluate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """torch-fidelity's Inception-v3 at random weights, saved where --metric_model inception= reads it."""
+    from torch_fidelity import feature_extractor_inceptionv3 as module
+
+    torch.manual_seed(0)
+    with (
+        mock.patch.object(module, "load_state_dict_from_url", return_value=None),
+        mock.patch.object(module.FeatureExtractorInceptionV3, "load_state_dict"),
+    ):
+        network = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path_factory.mktemp("inception") / "inception.pth"
+    torch.save(network.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def real_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (12 + i, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sit_student(tiny_sit, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sit_student") / "out"
+    train_in_process(train_amd_sit, sit_args(tiny_sit, out, "--max_train_steps", "2"))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def sdxl_student(tiny_sdxl, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sdxl_student") / "out"
+    train_in_process(train_amd_sdxl, sdxl_args(tiny_sdxl, out, "--max_train_steps", "2"))
+    return str(out)
+
+
+def run(argv):
+    evaluate.main([str(arg) for arg in argv])
+
+
+def sample(folder, i):
+    return np.asarray(Image.open(os.path.join(folder, f"{i:06d}.png"))).astype(int)
+
+
+def test_sit_table_grid_and_resume(tiny_sit, sit_student, inception_weights, real_images, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = [
+        "--pretrained_model_name_or_path", tiny_sit["model"], "--student", f"amd={sit_student}", "--teacher_steps", "3",
+        "--teacher_guidance_scale", "2", "--num_samples", "6", "--batch_size", "4", "--class_labels", "1", "3",
+        "--metrics", "dinov2", "fid", "is", "--metric_model", f"dinov2={tiny_sit['reward']}",
+        "--metric_model", f"inception={inception_weights}", "--fid_reference", real_images, "--fid_resolution", "32",
+        "--grid_samples", "4", "--output_dir", out,
+    ]  # fmt: skip
+    run(argv)
+    results = json.loads((out / "results.json").read_text())
+    assert [row["model"] for row in results["rows"]] == ["teacher, 3 steps, w = 2", "amd"]
+    for row in results["rows"]:
+        assert all(np.isfinite(row[m]) for m in ("dinov2", "fid", "is", "is_std")) and row["fid"] > 0
+    assert results["settings"]["kind"] == "sit" and results["settings"]["metrics"] == ["dinov2", "fid", "is"]
+    table = (out / "results.md").read_text()
+    assert table.startswith("| model | dinov2 | fid | is |") and "| amd | " in table
+    # The grid: a row per model, --grid_samples columns of 8 px samples, 2 px apart, enlarged to 64 px.
+    assert Image.open(out / "grid.png").size == (4 * 64 + 3 * 2, 2 * 64 + 2)
+    # The student is sampled as its folder says (4 steps, no guidance), the teacher with CFG: they differ.
+    student, teacher = out / "samples" / "student_amd", out / "samples" / "teacher"
+    assert np.abs(sample(student, 0) - sample(teacher, 0)).max() > 0
+    # Same class and seed as a direct call of the student pipeline (sample 2: class 1, seed 2).
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(sit_student, trust_remote_code=True)
+    direct = pipe(class_labels=[1], generator=[torch.Generator().manual_seed(2)], output_type="np").images[0]
+    assert np.abs(sample(student, 2) - np.round(direct.squeeze(-1) * 255)).max() <= 1
+
+    # Resume: only the missing sample is made again, and it comes out the same; the table is the same.
+    kept = {i: os.path.getmtime(student / f"{i:06d}.png") for i in range(6) if i != 3}
+    before = sample(student, 3)
+    os.remove(student / "000003.png")
+    os.remove(out / "results.md")
+    run(argv)
+    assert all(os.path.getmtime(student / f"{i:06d}.png") == mtime for i, mtime in kept.items())
+    assert np.abs(sample(student, 3) - before).max() <= 1
+    again = json.loads((out / "results.json").read_text())["rows"]
+    assert again[1]["dinov2"] == pytest.approx(results["rows"][1]["dinov2"], rel=1e-3)
+
+    # Other sampling settings in the same folder: one sentence, nothing touched.
+    with pytest.raises(
+        SystemExit, match="holds samples made with other teacher_steps, seed: give another --output_dir"
+    ):
+        run([*argv, "--teacher_steps", "4", "--seed", "1"])
+    # A larger --num_samples adds samples to the same folder.
+    run([*argv, "--num_samples", "7"])
+    assert os.path.exists(student / "000006.png") and os.path.getmtime(student / "000000.png") == kept[0]
+
+
+def test_sdxl_student_is_sampled_as_its_card_says(tiny_sdxl, sdxl_student, tmp_path, capsys):
+    out = tmp_path / "eval"
+    clip = tiny_clip_folder(tmp_path / "clip")
+    run([
+        "--pretrained_model_name_or_path", tiny_sdxl["model"], "--student", sdxl_student, "--prompts_file",
+        tiny_sdxl["prompts"], "--num_samples", "3", "--resolution", "16", "--teacher_steps", "2",
+        "--metrics", "clip", "pickscore", "imagereward", "--metric_model", f"clip={clip}",
+        "--metric_model", f"pickscore={clip}", "--output_dir", out,
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "Skipping imagereward: the ImageReward package does not import here" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert [row["model"] for row in results["rows"]] == ["teacher, 2 steps, w = 8", "out"]
+    assert set(results["rows"][1]) == {"model", "clip", "pickscore"}
+
+    # Sample 1 is stock diffusers with the LoRA, LCMScheduler at the card's timesteps, prompt 1 and seed 1.
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl["model"])
+    pipe.load_lora_weights(sdxl_student)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    direct = pipe("a dog", num_inference_steps=4, timesteps=[999, 749, 499, 249], guidance_scale=0, height=16,
+                  width=16, generator=[torch.Generator().manual_seed(1)], output_type="np").images[0]  # fmt: skip
+    assert np.abs(sample(out / "samples" / "student_out", 1) - np.round(direct * 255)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--fid_reference", "missing_folder"], "--fid_reference 'missing_folder' does not exist"),
+        (["--metrics", "fid"], "FID needs real images: give --fid_reference"),
+        (["--student", "amd=no/such/folder"], "is not a folder (nor a Hub id)"),
+        (["--metrics", "hpsv2"], "hpsv2, pickscore, clip and imagereward score prompts: use them with SDXL"),
+        (["--prompts_file", "prompts.txt"], "SiT is class-conditional: give --class_labels instead of prompts"),
+        (["--metric_model", "fid"], "--metric_model takes NAME=PATH"),
+    ],
+)
+def test_bad_input_gets_one_sentence_and_writes_nothing(tiny_sit, tmp_path, change, message, capsys):
+    out = tmp_path / "eval"
+    argv = ["--pretrained_model_name_or_path", tiny_sit["model"], "--metrics", "dinov2", "--output_dir", out]
+    with pytest.raises(SystemExit) as exit:
+        run([*argv, *change])
+    assert message in str(exit.value.code) + capsys.readouterr().err
+    assert not out.exists()
