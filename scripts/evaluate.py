@@ -20,6 +20,7 @@ settings) and ``grid.png`` (a row per model, the same prompt and seed per column
 
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -162,53 +163,51 @@ def student_timesteps(path):
     return ast.literal_eval(match.group(1))
 
 
-def samplers(args, kind, device, dtype):
-    """``(row name, folder name, sample(conditions, generators) -> images in [0, 1])`` for every row, each
-    loaded when its turn comes."""
-    from diffusers import DiffusionPipeline, LCMScheduler
+def sdxl_rows(args, device, dtype):
+    """``(row name, folder name, sample(prompts, generators) -> images in [0, 1])`` for the teacher, then for
+    every student: the base pipeline with the student's LoRA, as its model card samples it."""
+    from diffusers import LCMScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(args.pretrained_model_name_or_path, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    teacher_scheduler = pipe.scheduler
+
+    def sample(prompts, generators, **settings):
+        size = {"height": args.resolution, "width": args.resolution}
+        return pipe(prompts, generator=generators, output_type="pt", **size, **settings).images
 
     w = args.teacher_guidance_scale
-    if kind == "sdxl":
-        pipe = DiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, torch_dtype=dtype).to(device)
+    teacher = {"num_inference_steps": args.teacher_steps, "guidance_scale": w}
+    yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, **teacher)
+    for name, path in args.students.items():
+        timesteps = student_timesteps(path)
+        pipe.load_lora_weights(path)
+        pipe.scheduler = LCMScheduler.from_config(teacher_scheduler.config)
+        student = {"num_inference_steps": len(timesteps), "timesteps": timesteps, "guidance_scale": 0}
+        yield name, _folder_name(name), functools.partial(sample, **student)
+        pipe.unload_lora_weights()
+        pipe.scheduler = teacher_scheduler
+
+
+def sit_rows(args, device, dtype):
+    """The same for SiT: the teacher folder with CFG, then every student folder with its own scheduler and
+    noise levels (``default_sigmas``) and no guidance."""
+    from diffusers import DiffusionPipeline
+
+    def load(path):
+        pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True, torch_dtype=dtype).to(device)
         pipe.set_progress_bar_config(disable=True)
-        teacher_scheduler = pipe.scheduler
-        size = {"height": args.resolution, "width": args.resolution, "output_type": "pt"}
+        return pipe
 
-        def teacher(prompts, generators):
-            pipe.scheduler = teacher_scheduler
-            return pipe(prompts, num_inference_steps=args.teacher_steps, guidance_scale=w, generator=generators, **size)
+    def sample(pipe, labels, generators, **settings):
+        return pipe(class_labels=labels, generator=generators, output_type="pt", **settings).images
 
-        yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", lambda *a: teacher(*a).images
-        for name, path in args.students.items():
-            timesteps = student_timesteps(path)
-            pipe.load_lora_weights(path)
-            pipe.scheduler = LCMScheduler.from_config(teacher_scheduler.config)
-
-            def student(prompts, generators):
-                return pipe(prompts, num_inference_steps=len(timesteps), timesteps=timesteps, guidance_scale=0,
-                            generator=generators, **size).images  # fmt: skip
-
-            yield name, _folder_name(name), student
-            pipe.unload_lora_weights()
-    else:
-
-        def load(path):
-            pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True, torch_dtype=dtype).to(device)
-            pipe.set_progress_bar_config(disable=True)
-            return pipe
-
-        teacher = load(args.pretrained_model_name_or_path)
-        yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", lambda labels, generators: teacher(
-            class_labels=labels, num_inference_steps=args.teacher_steps, guidance_scale=w, generator=generators,
-            output_type="pt",
-        ).images  # fmt: skip
-        for name, path in args.students.items():
-            student = load(path)  # its saved scheduler and default noise levels
-            yield (
-                name,
-                _folder_name(name),
-                lambda labels, generators: student(class_labels=labels, generator=generators, output_type="pt").images,
-            )
+    w = args.teacher_guidance_scale
+    teacher = load(args.pretrained_model_name_or_path)
+    settings = {"num_inference_steps": args.teacher_steps, "guidance_scale": w}
+    yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, teacher, **settings)
+    for name, path in args.students.items():
+        yield name, _folder_name(name), functools.partial(sample, load(path))
 
 
 def _folder_name(name):
@@ -452,7 +451,7 @@ def main(argv=None):
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
 
     rows, grid = [], []
-    for name, folder_name, sample in samplers(args, kind, device, dtype):
+    for name, folder_name, sample in (sdxl_rows if kind == "sdxl" else sit_rows)(args, device, dtype):
         folder = os.path.join(args.output_dir, "samples", folder_name)
         sample_row(args, sample, folder, conditions, device)
         rows.append(

@@ -69,6 +69,7 @@ def sample(folder, i):
     return np.asarray(Image.open(os.path.join(folder, f"{i:06d}.png"))).astype(int)
 
 
+@pytest.mark.slow
 def test_sit_table_grid_and_resume(tiny_sit, sit_student, inception_weights, real_images, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = [
@@ -119,6 +120,7 @@ def test_sit_table_grid_and_resume(tiny_sit, sit_student, inception_weights, rea
     assert os.path.exists(student / "000006.png") and os.path.getmtime(student / "000000.png") == kept[0]
 
 
+@pytest.mark.slow
 def test_sdxl_student_is_sampled_as_its_card_says(tiny_sdxl, sdxl_student, tmp_path, capsys):
     out = tmp_path / "eval"
     clip = tiny_clip_folder(tmp_path / "clip")
@@ -152,6 +154,8 @@ def test_sdxl_student_is_sampled_as_its_card_says(tiny_sdxl, sdxl_student, tmp_p
         (["--metrics", "hpsv2"], "hpsv2, pickscore, clip and imagereward score prompts: use them with SDXL"),
         (["--prompts_file", "prompts.txt"], "SiT is class-conditional: give --class_labels instead of prompts"),
         (["--metric_model", "fid"], "--metric_model takes NAME=PATH"),
+        (["--metrics", "fidd"], "argument --metrics: invalid choice: 'fidd'"),
+        (["--metric_model", "fid=x.pth"], "--metric_model names 'fid': use one of"),
     ],
 )
 def test_bad_input_gets_one_sentence_and_writes_nothing(tiny_sit, tmp_path, change, message, capsys):
