@@ -31,7 +31,7 @@ from amd_utils.lora import FAKE, STUDENT, lora_state_dict, merged_base_state_dic
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
-from amd_utils.rewards import load_reward, score
+from amd_utils.rewards import DINOV2_CLASSIFIER, load_reward, score
 from amd_utils.sit import save_sit_pipeline
 from amd_utils.training import (
     TrainingLoop,
@@ -77,7 +77,7 @@ def parse_args(argv=None):
             "decoded or scored)."
         ),
     )
-    group.add_argument("--reward_model_name_or_path", default="facebook/dinov2-large-imagenet1k-1-layer")
+    group.add_argument("--reward_model_name_or_path", default=DINOV2_CLASSIFIER)
     add_amd_arguments(parser)
     group = parser.add_argument_group("SiT")
     group.add_argument(

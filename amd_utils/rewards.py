@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 REWARDS = ("dinov2", "hpsv2", "hpsv2.0", "pickscore", "clip")
+DINOV2_CLASSIFIER = "facebook/dinov2-large-imagenet1k-1-layer"  # the paper's SiT reward
 HPSV2_REPO = "xswu/HPSv2"
 HPSV2_CHECKPOINTS = {"hpsv2": "HPS_v2.1_compressed.pt", "hpsv2.0": "HPS_v2_compressed.pt"}
 HPSV2_ARCHITECTURE = "ViT-H-14"
@@ -44,7 +45,7 @@ def load_reward(name, model_name_or_path=None, device="cpu"):
     if ":" in name:
         return _import_reward(name)
     if name == "dinov2":
-        return dinov2_class_reward(model_name_or_path, device)
+        return dinov2_class_reward(model_name_or_path or DINOV2_CLASSIFIER, device)
     if name in HPSV2_CHECKPOINTS:
         return hpsv2_reward(model_name_or_path, HPSV2_CHECKPOINTS[name], device)
     if name in CLIP_REWARDS:

@@ -282,7 +282,12 @@ def load_metrics(args, kind, device):
             if reward is not None:
                 rewards[name] = reward
         elif name in REWARD_METRICS:
-            rewards[name] = load_reward(name, args.metric_model.get(name), device)
+            try:
+                rewards[name] = load_reward(name, args.metric_model.get(name), device)
+            except ValueError as error:  # the trainers' sentence, with this script's flag
+                raise ValueError(
+                    str(error).replace("--reward_model_name_or_path", f"--metric_model {name}=PATH")
+                ) from None
     inception = None
     if set(metrics) & set(SET_METRICS):
         inception = load_inception(args.metric_model.get("inception"), device)
