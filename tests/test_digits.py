@@ -11,6 +11,18 @@ import torch
 from examples.digits.evaluate import within_class_diversity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_BUDGET = ["--teacher_steps", "10", "--classifier_steps", "10", "--warmup_steps", "2", "--finetune_steps", "2",
+               "--samples_per_class", "4", "--teacher_sampling_steps", "3"]  # fmt: skip
+
+
+def run_example(module, flags):
+    """``python -m module`` offline; its completed process, after checking that it succeeded."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def test_within_class_diversity_hand_computed():
@@ -23,21 +35,8 @@ def test_within_class_diversity_hand_computed():
 @pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     out = tmp_path / "digits"
-    flags = [
-        "--output_dir", str(out), "--teacher_steps", "10", "--classifier_steps", "10", "--warmup_steps", "2",
-        "--finetune_steps", "2", "--seeds", "0", "1", "--operators", "dmd", "amd", "--samples_per_class", "4",
-        "--teacher_sampling_steps", "3",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.digits.demo", *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    flags = ["--output_dir", str(out), "--seeds", "0", "1", "--operators", "dmd", "amd", *TINY_BUDGET]
+    result = run_example("examples.digits.demo", flags)
     assert "| amd, sharpening |" in result.stdout
 
     results = json.loads((out / "results.json").read_text())
@@ -67,21 +66,9 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
 def test_study_runs_on_a_tiny_budget(tmp_path):
     """Two guidance scales, two sensitivities, amd only, 2 steps per stage: names, grids, figures, settings."""
     out = tmp_path / "study"
-    flags = [
-        "--output_dir", str(out), "--teacher_steps", "10", "--classifier_steps", "10", "--warmup_steps", "2",
-        "--finetune_steps", "2", "--seeds", "0", "--guidance_scales", "1.5", "3", "--sensitivities", "0.25", "0.5",
-        "--operators", "amd", "--samples_per_class", "4", "--teacher_sampling_steps", "3",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.digits.study", *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    flags = ["--output_dir", str(out), "--seeds", "0", "--guidance_scales", "1.5", "3",
+             "--sensitivities", "0.25", "0.5", "--operators", "amd", *TINY_BUDGET]  # fmt: skip
+    result = run_example("examples.digits.study", flags)
     assert "The study took" in result.stdout
 
     results = json.loads((out / "results.json").read_text())
