@@ -52,15 +52,23 @@ def parse_args(argv=None):
 
 
 def plot_reward_against_fd(args, rows, w):
-    """One point per run at guidance ``w`` (the method's mean over seeds larger), the teacher as stars."""
+    """At guidance ``w``: one small point per run, the mean over seeds large, circles without sharpening and
+    triangles with it, a line from one to the other per method (its trade-off); the teacher as stars."""
     label = f"w = {w:g}, "
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     methods = list(dict.fromkeys(row["run"][len(label) :] for row in rows if row["run"].startswith(label)))
-    for color, method in zip(plt.cm.tab10.colors, methods):
-        runs = [row for row in rows if row["run"] == label + method]
-        fds, rewards = [row["fd"] for row in runs], [row["mean_reward"] for row in runs]
-        axes.scatter(fds, rewards, color=color, alpha=0.5, s=18)
-        axes.scatter(sum(fds) / len(fds), sum(rewards) / len(rewards), color=color, s=70, label=method, edgecolor="k")
+    family_of = {m: m.removesuffix(", no sharpening").removesuffix(", sharpening") for m in methods}
+    for color, family in zip(plt.cm.tab10.colors, dict.fromkeys(family_of.values())):
+        means = []
+        for method in [m for m in methods if family_of[m] == family]:
+            runs = [row for row in rows if row["run"] == label + method]
+            fds, rewards = [row["fd"] for row in runs], [row["mean_reward"] for row in runs]
+            marker = "^" if method.endswith(", sharpening") else "o"
+            axes.scatter(fds, rewards, color=color, marker=marker, alpha=0.45, s=18)
+            means.append((sum(fds) / len(fds), sum(rewards) / len(rewards)))
+            axes.scatter(*means[-1], color=color, marker=marker, s=80, edgecolor="k", label=method)
+        if len(means) == 2:
+            axes.plot(*zip(*means), color=color, linewidth=1)
     for row in rows:
         if row["run"].startswith("teacher") and row["run"].endswith(f"w = {w:g}"):
             axes.scatter(row["fd"], row["mean_reward"], marker="*", s=160, color="gray", edgecolor="k")
@@ -68,8 +76,7 @@ def plot_reward_against_fd(args, rows, w):
                 row["run"], (row["fd"], row["mean_reward"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
             )
     axes.set(xlabel="FD in the judge's features (lower is better)", ylabel="mean reward (higher is better)")
-    axes.set_title(f"Digits, guidance w = {w:g}: one small point per run, the large one the mean over seeds")
-    axes.title.set_fontsize(9)
+    axes.set_title(f"Digits, guidance w = {w:g}: small points are runs, large ones the mean over seeds", fontsize=9)
     axes.legend(fontsize=7)
     path = os.path.join(args.output_dir, f"reward_vs_fd_w{w:g}.png")
     figure.savefig(path, dpi=120, bbox_inches="tight")
