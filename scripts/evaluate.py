@@ -327,15 +327,12 @@ def load_inception(weights_path, device):
     return network.to(device)
 
 
-def inception_features(network, images, resolution, device):
-    """Pool features (B, 2048) and logits (B, 1008) of images in [0, 1], centre-cropped and resized first."""
-    resized = []
-    for image in images.expand(-1, 3, -1, -1):  # grayscale as RGB
-        pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        resized.append(np.asarray(_center_crop_resize(pil, resolution)))
-    batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(device)
+def inception_features(network, paths, resolution, device):
+    """Pool features (B, 2048) and logits (B, 1008) of image files (grayscale as RGB), centre-cropped and
+    resized to ``resolution`` first."""
+    images = [np.array(_center_crop_resize(Image.open(path).convert("RGB"), resolution)) for path in paths]
     with torch.no_grad():
-        features, logits = network(batch)
+        features, logits = network(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device))
     return features.double().cpu(), logits.double().cpu()
 
 
@@ -372,10 +369,9 @@ def reference_statistics(args, network, device):
         )
     features = []
     for start in tqdm(range(0, len(paths), args.batch_size), desc="reference images"):
-        images = [torch.from_numpy(np.array(_center_crop_resize(Image.open(p).convert("RGB"), args.fid_resolution)))
-                  for p in paths[start : start + args.batch_size]]  # fmt: skip
-        images = torch.stack(images).permute(0, 3, 1, 2).float() / 255
-        features.append(inception_features(network, images, args.fid_resolution, device)[0])
+        features.append(
+            inception_features(network, paths[start : start + args.batch_size], args.fid_resolution, device)[0]
+        )
     mu, sigma = (x.numpy() for x in feature_statistics(torch.cat(features)))
     np.savez(cache, mu=mu, sigma=sigma, source=os.path.abspath(args.fid_reference), size=args.fid_resolution)
     return mu, sigma
@@ -387,13 +383,13 @@ def score_row(args, folder, conditions, metrics, rewards, inception, reference, 
     features, logits = [], []
     for start in range(0, args.num_samples, args.batch_size):
         index = range(start, min(start + args.batch_size, args.num_samples))
-        images = load_images([os.path.join(folder, f"{i:06d}.png") for i in index])
-        for name, reward in rewards.items():
-            values[name].append(
-                reward(images.to(device), [conditions[i % len(conditions)] for i in index]).float().cpu()
-            )
+        paths = [os.path.join(folder, f"{i:06d}.png") for i in index]
+        if rewards:
+            images, batch_conditions = load_images(paths).to(device), [conditions[i % len(conditions)] for i in index]
+            for name, reward in rewards.items():
+                values[name].append(reward(images, batch_conditions).float().cpu())
         if inception is not None:
-            batch_features, batch_logits = inception_features(inception, images, args.fid_resolution, device)
+            batch_features, batch_logits = inception_features(inception, paths, args.fid_resolution, device)
             features.append(batch_features)
             logits.append(batch_logits)
     row = {name: torch.cat(v).mean().item() for name, v in values.items()}

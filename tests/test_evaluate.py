@@ -165,3 +165,33 @@ def test_bad_input_gets_one_sentence_and_writes_nothing(tiny_sit, tmp_path, chan
         run([*argv, *change])
     assert message in str(exit.value.code) + capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fid_reference_from_a_npz_or_a_folder_whose_statistics_are_cached(real_images, tmp_path):
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.arange(3.0), sigma=np.eye(3))
+    args = evaluate.parse_args(["--pretrained_model_name_or_path", str(tmp_path), "--fid_reference", str(stats),
+                                "--output_dir", str(tmp_path / "eval"), "--fid_resolution", "4"])  # fmt: skip
+    mu, sigma = evaluate.reference_statistics(args, None, "cpu")
+    assert np.array_equal(mu, np.arange(3.0)) and np.array_equal(sigma, np.eye(3))
+    np.savez(stats, mean=np.arange(3.0))
+    with pytest.raises(ValueError, match="holds no 'mu' and 'sigma' arrays"):
+        evaluate.reference_statistics(args, None, "cpu")
+
+    # A folder: the features of its images, centre-cropped and resized, then cached for the next run.
+    calls = []
+
+    def network(batch):  # stands in for Inception: the mean colour of each image as its features
+        calls.append(len(batch))
+        return batch.float().mean((2, 3)), torch.zeros(len(batch), 2)
+
+    args.fid_reference = real_images
+    os.makedirs(args.output_dir)
+    mu, sigma = evaluate.reference_statistics(args, network, "cpu")
+    images = [np.asarray(evaluate._center_crop_resize(Image.open(os.path.join(real_images, f"{i}.png")), 4))
+              for i in range(5)]  # fmt: skip
+    colours = torch.tensor(np.stack([image.reshape(-1, 3).mean(0) for image in images]))
+    assert np.allclose(mu, colours.mean(0).numpy()) and np.allclose(sigma, torch.cov(colours.T).numpy())
+    assert sum(calls) == 5
+    again = evaluate.reference_statistics(args, network, "cpu")
+    assert sum(calls) == 5 and np.array_equal(again[0], mu)
