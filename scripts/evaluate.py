@@ -373,6 +373,7 @@ def reference_statistics(args, network, device):
             inception_features(network, paths[start : start + args.batch_size], args.fid_resolution, device)[0]
         )
     mu, sigma = (x.numpy() for x in feature_statistics(torch.cat(features)))
+    os.makedirs(args.output_dir, exist_ok=True)
     np.savez(cache, mu=mu, sigma=sigma, source=os.path.abspath(args.fid_reference), size=args.fid_resolution)
     return mu, sigma
 
@@ -413,7 +414,7 @@ def markdown_table(rows, metrics):
 
 
 def check_settings(args, settings):
-    """The samples on disk were made with these settings, or there are none."""
+    """The sampling settings, after checking that the samples on disk (if any) were made with them."""
     path = os.path.join(args.output_dir, "settings.json")
     sampling = {key: settings[key] for key in SAMPLING_SETTINGS}
     if os.path.exists(path):
@@ -424,9 +425,7 @@ def check_settings(args, settings):
             raise ValueError(
                 f"{args.output_dir!r} holds samples made with other {', '.join(changed)}: give another --output_dir."
             )
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(sampling, f, indent=2)
+    return sampling
 
 
 def main(argv=None):
@@ -445,10 +444,13 @@ def main(argv=None):
         metrics, rewards, inception = load_metrics(args, kind, device)
         digest = hashlib.sha256(json.dumps(conditions).encode()).hexdigest()
         settings = {**vars(args), "kind": kind, "metrics": metrics, "conditions_sha256": digest}
-        check_settings(args, settings)
+        sampling = check_settings(args, settings)
         reference = reference_statistics(args, inception, device) if "fid" in metrics else None
     except (ValueError, OSError) as error:
         raise SystemExit(f"evaluate.py: {error}") from None
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "settings.json"), "w") as f:
+        json.dump(sampling, f, indent=2)
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
 
     rows, grid = [], []

@@ -186,7 +186,6 @@ def test_fid_reference_from_a_npz_or_a_folder_whose_statistics_are_cached(real_i
         return batch.float().mean((2, 3)), torch.zeros(len(batch), 2)
 
     args.fid_reference = real_images
-    os.makedirs(args.output_dir)
     mu, sigma = evaluate.reference_statistics(args, network, "cpu")
     images = [np.asarray(evaluate._center_crop_resize(Image.open(os.path.join(real_images, f"{i}.png")), 4))
               for i in range(5)]  # fmt: skip
@@ -195,3 +194,12 @@ def test_fid_reference_from_a_npz_or_a_folder_whose_statistics_are_cached(real_i
     assert sum(calls) == 5
     again = evaluate.reference_statistics(args, network, "cpu")
     assert sum(calls) == 5 and np.array_equal(again[0], mu)
+
+    # Fewer than two real images: one sentence, and the output folder is not made.
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(lonely / "0.png")
+    args.fid_reference, args.output_dir = str(lonely), str(tmp_path / "other")
+    with pytest.raises(ValueError, match="holds fewer than 2 images"):
+        evaluate.reference_statistics(args, network, "cpu")
+    assert not os.path.exists(args.output_dir)
