@@ -1,9 +1,9 @@
 """scripts/evaluate.py on tiny SDXL and SiT students trained here, with tiny reward models and an Inception
 network with random weights, all loaded through the script's own code, offline."""
 
+import importlib.util
 import json
 import os
-import sys
 from unittest import mock
 
 import numpy as np
@@ -18,8 +18,10 @@ import train_amd_sdxl
 import train_amd_sit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import evaluate  # noqa: E402
+# Loaded from its file under its own name: ``evaluate`` is also the name of a Hugging Face package.
+_spec = importlib.util.spec_from_file_location("evaluate_script", os.path.join(REPO, "scripts", "evaluate.py"))
+evaluate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate)
 
 
 @pytest.fixture(scope="module")
