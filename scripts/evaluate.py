@@ -38,6 +38,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from amd_utils.images import image_grid  # noqa: E402
 from amd_utils.metrics import feature_statistics, frechet_distance, inception_score  # noqa: E402
 from amd_utils.prompts import add_prompt_arguments, load_prompts  # noqa: E402
+from amd_utils.rewards import load_reward  # noqa: E402
 
 REWARD_METRICS = ("hpsv2", "pickscore", "clip", "dinov2", "imagereward")
 SET_METRICS = ("fid", "is")  # computed from Inception features of the whole set
@@ -241,15 +242,18 @@ def sample_row(args, sample, folder, conditions, device):
     for start in range(0, len(missing), args.batch_size):
         index = missing[start : start + args.batch_size]
         generators = [torch.Generator(device).manual_seed(args.seed + i) for i in index]
-        images = sample([conditions[i % len(conditions)] for i in index], generators).float().clamp(0, 1).cpu()
+        images = sample([conditions[i % len(conditions)] for i in index], generators)
         for i, image in zip(index, images):
-            array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            Image.fromarray(array.squeeze(2) if array.shape[2] == 1 else array).save(
-                os.path.join(folder, f"{i:06d}.partial.png")
-            )
+            to_pil(image).save(os.path.join(folder, f"{i:06d}.partial.png"))
             os.replace(os.path.join(folder, f"{i:06d}.partial.png"), os.path.join(folder, f"{i:06d}.png"))
         bar.update(len(index))
     bar.close()
+
+
+def to_pil(image):
+    """An image (C, H, W) in [0, 1] as 8-bit PIL: grayscale for C = 1, else RGB."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array.squeeze(2) if array.shape[2] == 1 else array)
 
 
 def load_images(paths):
@@ -266,8 +270,6 @@ def load_images(paths):
 def load_metrics(args, kind, device):
     """Reward metrics ``(images, conditions) -> (B,)`` by name, and the Inception network if FID or IS is asked
     for. ImageReward is skipped, with one sentence, where it does not import."""
-    from amd_utils.rewards import load_reward
-
     metrics = args.metrics or DEFAULT_METRICS[kind]
     if kind == "sdxl" and "dinov2" in metrics:
         raise ValueError("dinov2 scores class-conditional samples: use it with SiT, not SDXL.")
@@ -303,10 +305,7 @@ def imagereward_metric(path, device):
     model = ImageReward.load(path or "ImageReward-v1.0", device=device)
 
     def reward(images, prompts):
-        pil = [
-            Image.fromarray((image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)) for image in images
-        ]
-        return torch.tensor([float(model.score(prompt, image)) for prompt, image in zip(prompts, pil)])
+        return torch.tensor([float(model.score(prompt, to_pil(image))) for prompt, image in zip(prompts, images)])
 
     return reward
 
