@@ -237,17 +237,22 @@ def conditions_for(args, kind):
 def sample_row(args, sample, folder, conditions, device):
     """Make the samples of one row that are not on disk yet, ``--batch_size`` at a time."""
     os.makedirs(folder, exist_ok=True)
-    missing = [i for i in range(args.num_samples) if not os.path.exists(os.path.join(folder, f"{i:06d}.png"))]
+    missing = [i for i in range(args.num_samples) if not os.path.exists(sample_path(folder, i))]
     bar = tqdm(total=args.num_samples, initial=args.num_samples - len(missing), desc=os.path.basename(folder))
     for start in range(0, len(missing), args.batch_size):
         index = missing[start : start + args.batch_size]
         generators = [torch.Generator(device).manual_seed(args.seed + i) for i in index]
         images = sample([conditions[i % len(conditions)] for i in index], generators)
         for i, image in zip(index, images):
-            to_pil(image).save(os.path.join(folder, f"{i:06d}.partial.png"))
-            os.replace(os.path.join(folder, f"{i:06d}.partial.png"), os.path.join(folder, f"{i:06d}.png"))
+            partial = sample_path(folder, i).removesuffix(".png") + ".partial.png"  # complete files only on disk
+            to_pil(image).save(partial)
+            os.replace(partial, sample_path(folder, i))
         bar.update(len(index))
     bar.close()
+
+
+def sample_path(folder, i):
+    return os.path.join(folder, f"{i:06d}.png")
 
 
 def to_pil(image):
@@ -383,7 +388,7 @@ def score_row(args, folder, conditions, metrics, rewards, inception, reference, 
     features, logits = [], []
     for start in range(0, args.num_samples, args.batch_size):
         index = range(start, min(start + args.batch_size, args.num_samples))
-        paths = [os.path.join(folder, f"{i:06d}.png") for i in index]
+        paths = [sample_path(folder, i) for i in index]
         if rewards:
             images, batch_conditions = load_images(paths).to(device), [conditions[i % len(conditions)] for i in index]
             for name, reward in rewards.items():
@@ -459,9 +464,7 @@ def main(argv=None):
         rows.append(
             {"model": name, **score_row(args, folder, conditions, metrics, rewards, inception, reference, device)}
         )
-        shown = load_images(
-            [os.path.join(folder, f"{i:06d}.png") for i in range(min(args.grid_samples, args.num_samples))]
-        )
+        shown = load_images([sample_path(folder, i) for i in range(min(args.grid_samples, args.num_samples))])
         grid.append(torch.nn.functional.interpolate(shown, size=min(256, shown.shape[-1]), mode="area"))
 
     table = markdown_table(rows, metrics)
