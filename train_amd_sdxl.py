@@ -28,7 +28,7 @@ from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjecti
 
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
-from amd_utils.lora import FAKE, STUDENT, lora_state_dict, use_adapter
+from amd_utils.lora import FAKE, STUDENT, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import ddpm_add_noise, ddpm_model_target, ddpm_x0
 from amd_utils.prompts import add_prompt_arguments, check_prompt_args, load_prompts
@@ -307,7 +307,7 @@ def main(args):
         loop.end_step(logs, rewards, advantages)
 
     # ------------------------------------------------------------------ outputs
-    loop.finish(lambda: save_outputs(args, model))
+    loop.finish(functools.partial(save_outputs, args))
     return model
 
 
@@ -329,20 +329,20 @@ def log_validation(accelerator, model, vae, text_encoders, tokenizers, schedule,
     return save_and_log_grid(accelerator, images, args.output_dir, global_step, columns=4)
 
 
-def save_student_lora(folder, model, args):
+def save_student_lora(folder, student, args):
     """``pytorch_lora_weights.safetensors`` for ``StableDiffusionXLPipeline.load_lora_weights``: the student
     adapter with its LoRA config in the metadata. The keys stay in peft's format: diffusers'
     ``convert_state_dict_to_diffusers`` renames only the attention keys, and the loader, seeing peft keys
     first, then drops the renamed ones."""
     config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES)
     StableDiffusionXLPipeline.save_lora_weights(
-        folder, unet_lora_layers=lora_state_dict(model, STUDENT), unet_lora_adapter_metadata=config.to_dict()
+        folder, unet_lora_layers=student, unet_lora_adapter_metadata=config.to_dict()
     )
 
 
-def save_outputs(args, model):
+def save_outputs(args, student):
     """The student LoRA and a model card with the 4-step loading snippet."""
-    save_student_lora(args.output_dir, model, args)
+    save_student_lora(args.output_dir, student, args)
     steps = len(args.student_timesteps)
     write_model_card(
         args.output_dir,

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
-from amd_utils.lora import FAKE, STUDENT, lora_state_dict, merged_base_state_dict, use_adapter
+from amd_utils.lora import FAKE, STUDENT, merged_base_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
@@ -243,7 +243,7 @@ def main(args):
         loop.end_step(logs, rewards, advantages)
 
     # ------------------------------------------------------------------ outputs
-    loop.finish(lambda: save_outputs(args, model, vae, validation_labels))
+    loop.finish(lambda student: save_outputs(args, model, student, vae, validation_labels))
     return model
 
 
@@ -260,9 +260,9 @@ def log_validation(accelerator, model, vae, args, class_labels, global_step):
     return save_and_log_grid(accelerator, images, args.output_dir, global_step)
 
 
-def save_outputs(args, model, vae, class_labels):
-    """The merged student as a SiT pipeline that samples in the student's steps, the student adapter alone,
-    and a model card."""
+def save_outputs(args, model, student, vae, class_labels):
+    """The merged student as a SiT pipeline that samples in the student's steps, the ``student`` adapter's state
+    dict alone, and a model card."""
     merged = DiTTransformer2DModel.from_config(model.config)
     merged.load_state_dict(merged_base_state_dict(model, STUDENT))
     sigmas = [1.0 - t for t in args.student_timesteps]
@@ -270,7 +270,7 @@ def save_outputs(args, model, vae, class_labels):
     save_sit_pipeline(args.output_dir, merged, scheduler, vae=vae, default_sigmas=sigmas)
     lora_dir = os.path.join(args.output_dir, "student_lora")
     os.makedirs(lora_dir, exist_ok=True)
-    save_file(lora_state_dict(model, STUDENT), os.path.join(lora_dir, "adapter_model.safetensors"))
+    save_file(student, os.path.join(lora_dir, "adapter_model.safetensors"))
     LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES).save_pretrained(
         lora_dir
     )

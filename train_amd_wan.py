@@ -27,7 +27,7 @@ from peft import LoraConfig
 
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_video_grid
-from amd_utils.lora import FAKE, STUDENT, lora_state_dict, use_adapter
+from amd_utils.lora import FAKE, STUDENT, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import flow_add_noise, flow_model_target, flow_x0
 from amd_utils.prompts import add_prompt_arguments, check_prompt_args, load_prompts
@@ -376,7 +376,7 @@ def main(args):
         loop.end_step(logs, rewards, advantages)
 
     # ------------------------------------------------------------------ outputs
-    loop.finish(lambda: save_outputs(args, model))
+    loop.finish(functools.partial(save_outputs, args))
     return model
 
 
@@ -391,13 +391,13 @@ def log_validation(accelerator, model, vae, embed, sigmas, args, prompts, global
     return save_and_log_video_grid(accelerator, videos, args.output_dir, global_step)
 
 
-def save_student_lora(folder, model, args):
-    """``pytorch_lora_weights.safetensors`` for ``WanPipeline.load_lora_weights`` (the student adapter with its
-    LoRA config in the metadata) and the scheduler that samples it, in ``scheduler/``."""
+def save_student_lora(folder, student, args):
+    """``pytorch_lora_weights.safetensors`` for ``WanPipeline.load_lora_weights`` (the ``student`` adapter's
+    state dict with its LoRA config in the metadata) and the scheduler that samples it, in ``scheduler/``."""
     config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES)
     WanPipeline.save_lora_weights(
         folder,
-        transformer_lora_layers=lora_state_dict(model, STUDENT),
+        transformer_lora_layers=student,
         transformer_lora_adapter_metadata=config.to_dict(),
     )
     student_scheduler(args.num_student_steps, args.student_timestep_shift).save_pretrained(
@@ -405,9 +405,9 @@ def save_student_lora(folder, model, args):
     )
 
 
-def save_outputs(args, model):
+def save_outputs(args, student):
     """The student LoRA, its scheduler and a model card with the 4-step loading snippet."""
-    save_student_lora(args.output_dir, model, args)
+    save_student_lora(args.output_dir, student, args)
     steps = args.num_student_steps
     write_model_card(
         args.output_dir,

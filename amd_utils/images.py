@@ -29,7 +29,10 @@ def image_grid(images: torch.Tensor, columns: int = 8, min_size: int = 64, paddi
 
 
 def save_and_log_grid(accelerator, images, output_dir, step, columns=8):
-    """Write ``<output_dir>/validation/step-<step>.png`` and send it to tensorboard / wandb; returns the path."""
+    """Write ``<output_dir>/validation/step-<step>.png`` and send it to tensorboard / wandb; returns the path.
+    Only the main process writes (the others return None)."""
+    if not accelerator.is_main_process:
+        return None
     grid = image_grid(images, columns)
     folder = os.path.join(output_dir, "validation")
     os.makedirs(folder, exist_ok=True)
@@ -48,7 +51,9 @@ def save_and_log_grid(accelerator, images, output_dir, step, columns=8):
 def save_and_log_video_grid(accelerator, videos, output_dir, step, columns=4, fps=16):
     """Tile videos in [0, 1] of shape (B, F, C, H, W) frame by frame and write the animation to
     ``<output_dir>/validation/step-<step>.gif``; the trackers get the middle frame's grid (tensorboard) or
-    the GIF (wandb). Returns the path."""
+    the GIF (wandb). Returns the path; only the main process writes (the others return None)."""
+    if not accelerator.is_main_process:
+        return None
     frames = [image_grid(videos[:, f], columns) for f in range(videos.shape[1])]
     folder = os.path.join(output_dir, "validation")
     os.makedirs(folder, exist_ok=True)

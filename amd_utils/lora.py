@@ -17,6 +17,7 @@ from peft.functional import (
     set_requires_grad,
 )
 from peft.tuners.tuners_utils import BaseTunerLayer
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 STUDENT, FAKE = "student", "fake"
 ADAPTERS = (STUDENT, FAKE)
@@ -53,12 +54,37 @@ def use_adapter(model, name):
                 module._active_adapter = [name]
 
 
+def unsharded(tensor):
+    """The whole of ``tensor``: gathered from every process when FSDP has sharded it (a DTensor), a collective
+    that every process must call in the same order; ``tensor`` itself otherwise."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def sharded_like(tensor, param):
+    """The whole ``tensor`` (e.g. read from a checkpoint) cut as ``param`` is: this process's shard when FSDP has
+    sharded ``param``, ``tensor`` itself otherwise. Every process holds the whole tensor, so nothing is sent."""
+    if not isinstance(param, DTensor):
+        return tensor
+    return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
 def lora_state_dict(model, name):
-    """The weights of one adapter, keys without the adapter name (peft's saved format)."""
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    """The weights of one adapter, keys without the adapter name (peft's saved format), whole and on the CPU.
+    Under FSDP this gathers the shards: call it on every process."""
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    return {k: unsharded(v.detach()).cpu().contiguous() for k, v in state.items()}
+
+
+def lora_shapes(model, name):
+    """``{key: shape}`` of :func:`lora_state_dict` without gathering anything."""
+    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
 
 
 def load_lora_state_dict(model, name, state_dict):
+    """Load one adapter's weights saved by :func:`lora_state_dict` (whole tensors; cut to this process's shards
+    under FSDP)."""
+    params = {n.replace(f".{name}.", "."): p for n, p in model.named_parameters() if f".{name}." in n}
+    state_dict = {k: sharded_like(v, params[k]) if k in params else v for k, v in state_dict.items()}
     result = set_peft_model_state_dict(model, state_dict, adapter_name=name)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"the {name} adapter checkpoint has keys this model lacks: {result.unexpected_keys[:3]} ...")

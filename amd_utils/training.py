@@ -19,8 +19,9 @@ import time
 
 import torch
 from accelerate import Accelerator
+from accelerate.checkpointing import load_accelerator_state, save_accelerator_state
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_bf16_available, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast, is_bf16_available, set_seed
 from diffusers.optimization import get_scheduler
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -33,7 +34,10 @@ from .lora import (
     STUDENT,
     add_student_and_fake_adapters,
     load_lora_state_dict,
+    lora_shapes,
     lora_state_dict,
+    sharded_like,
+    unsharded,
     use_adapter,
 )
 from .objective import OPERATORS
@@ -43,6 +47,7 @@ logger = get_logger(__name__)
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # complete checkpoints; one being written is "tmp-checkpoint-N"
+OPTIMIZER_FILES = ("optimizer.bin", "optimizer_1.bin")  # the student's and the fake's, named as accelerate names them
 
 
 def add_amd_arguments(parser):
@@ -235,24 +240,32 @@ def make_accelerator(args):
 
 def prepare_adapters(accelerator, network, target_modules, args, save_extra=None):
     """Freeze ``network``, add the ``student`` and ``fake`` adapters, turn on gradient checkpointing if asked,
-    prepare it with accelerate with both adapters' optimizers, make checkpoints hold the adapters and resume.
+    prepare it with accelerate together with both adapters' optimizers, and resume.
 
     Returns ``(network, model, updates, global_step)``: the prepared network for forwards whose gradient is
     synchronized across processes, the unwrapped ``model`` for passes without grad, the :class:`AdapterUpdates`
-    and the step to start from. ``save_extra(folder, model)`` adds a trainer's own files to every checkpoint."""
+    and the step to start from. ``save_extra(folder, student_state_dict)`` adds a trainer's own files to every
+    checkpoint."""
     network.to(accelerator.device).eval()  # eval: no dropout (DiT's label dropout included)
     adapter_params = add_student_and_fake_adapters(
         network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank
     )
+    for param in adapter_params[STUDENT] + adapter_params[FAKE]:
+        # Every process starts from the main process's random lora_A: DDP copies it when it wraps, FSDP would not.
+        param.data = broadcast(param.data)
     if args.gradient_checkpointing:
         network.enable_gradient_checkpointing()
-    network = accelerator.prepare(network)
-    # Passes without grad skip the DDP wrapper: they need no gradient sync, and their number differs
-    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take.
+    optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
+    # One call: under FSDP accelerate shards the network and points the optimizers at the shards.
+    network, *prepared = accelerator.prepare(network, *optimizers.values(), *lr_schedulers.values())
+    # Under DDP, passes without grad skip the wrapper: they need no gradient sync, and their number may differ
+    # between processes (backward simulation), which the wrapper's per-forward collectives cannot take. (FSDP
+    # does not wrap: its forwards gather the weights, so every process must run the same passes.)
     model = accelerator.unwrap_model(network)
-    updates = AdapterUpdates(accelerator, model, adapter_params, args)
-    register_adapter_checkpoint_hooks(accelerator, model, save_extra)
-    return network, model, updates, resume(accelerator, args, model)
+    updates = AdapterUpdates(
+        accelerator, model, dict(zip(ADAPTERS, prepared[:2])), dict(zip(ADAPTERS, prepared[2:])), args, save_extra
+    )
+    return network, model, updates, resume(accelerator, args, updates)
 
 
 def make_optimizers(args, adapter_params, num_processes):
@@ -286,15 +299,17 @@ def make_optimizers(args, adapter_params, num_processes):
 
 
 class AdapterUpdates:
-    """Both adapters' optimizers and learning-rate schedules (prepared by ``accelerator``), and the one way a
-    trainer updates an adapter: :meth:`step`. ``model`` is the unwrapped network that carries the adapters."""
+    """Both adapters' optimizers and learning-rate schedules (prepared by ``accelerator``), the one way a
+    trainer updates an adapter (:meth:`step`), and their checkpoints (:meth:`save`, :meth:`load`). ``model`` is
+    the unwrapped network that carries the adapters."""
 
-    def __init__(self, accelerator, model, adapter_params, args):
-        optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
-        prepared = accelerator.prepare(*optimizers.values(), *lr_schedulers.values())
-        self.optimizers = dict(zip(optimizers, prepared[: len(optimizers)]))
-        self.lr_schedulers = dict(zip(lr_schedulers, prepared[len(optimizers) :]))
-        self.accelerator, self.model, self.params, self.args = accelerator, model, adapter_params, args
+    def __init__(self, accelerator, model, optimizers, lr_schedulers, args, save_extra=None):
+        self.accelerator, self.model, self.args, self.save_extra = accelerator, model, args, save_extra
+        self.optimizers, self.lr_schedulers = optimizers, lr_schedulers
+        # The parameters the optimizers hold: under FSDP the shards that replaced the adapters' weights.
+        self.params = {
+            name: [p for group in opt.param_groups for p in group["params"]] for name, opt in optimizers.items()
+        }
         self.skipped = dict.fromkeys(ADAPTERS, 0)  # updates skipped over the run ...
         self.skipped_in_a_row = dict.fromkeys(ADAPTERS, 0)  # ... and since the last one taken
 
@@ -336,28 +351,52 @@ class AdapterUpdates:
             f"skipped/{name}": self.skipped[name],
         }
 
+    def save(self, folder):
+        """Into ``folder``: both adapters (``student_lora.safetensors``, ``fake_lora.safetensors``), their
+        optimizers' and schedules' states (in accelerate's file names), each process's random state, and
+        ``save_extra``'s files. Sharded weights and states (FSDP) are gathered first: every process calls this.
 
-def register_adapter_checkpoint_hooks(accelerator, model, save_extra=None):
-    """Make ``accelerator.save_state`` / ``load_state`` hold the two adapters instead of the frozen base:
-    ``<checkpoint>/student_lora.safetensors`` and ``fake_lora.safetensors``. ``save_extra(folder, model)`` adds
-    a trainer's own files (e.g. the student in diffusers' LoRA format) to every checkpoint."""
-
-    def save_model_hook(models, weights, output_dir):
-        for _ in models:
-            weights.pop()
-        if accelerator.is_main_process:
+        Not ``accelerator.save_state`` with hooks, as diffusers' examples do: under FSDP it writes the whole
+        frozen base and pairs the i-th optimizer with the i-th model, and there are two optimizers to one model."""
+        adapters = {name: lora_state_dict(self.model, name) for name in ADAPTERS}
+        optimizer_states = [optimizer_state(self.optimizers[name]) for name in ADAPTERS]
+        if self.accelerator.is_main_process:
             for name in ADAPTERS:
-                save_file(lora_state_dict(model, name), os.path.join(output_dir, f"{name}_lora.safetensors"))
-            if save_extra is not None:
-                save_extra(output_dir, model)
+                save_file(adapters[name], os.path.join(folder, f"{name}_lora.safetensors"))
+            for file_name, state in zip(OPTIMIZER_FILES, optimizer_states):
+                torch.save(state, os.path.join(folder, file_name))
+            if self.save_extra is not None:
+                self.save_extra(folder, adapters[STUDENT])
+        schedulers = [self.lr_schedulers[name] for name in ADAPTERS]
+        save_accelerator_state(folder, [], [], schedulers, [], self.accelerator.process_index, self.accelerator.step)
 
-    def load_model_hook(models, input_dir):
-        models.clear()
-        for name in ADAPTERS:
-            load_lora_state_dict(model, name, load_file(os.path.join(input_dir, f"{name}_lora.safetensors")))
+    def load(self, folder):
+        """Load what :meth:`save` wrote (under FSDP each process keeps its shards of it)."""
+        for name, file_name in zip(ADAPTERS, OPTIMIZER_FILES):
+            load_lora_state_dict(self.model, name, load_file(os.path.join(folder, f"{name}_lora.safetensors")))
+            state = torch.load(os.path.join(folder, file_name), map_location="cpu", weights_only=True)
+            load_optimizer_state(self.optimizers[name], self.params[name], state)
+        schedulers = [self.lr_schedulers[name] for name in ADAPTERS]
+        load_accelerator_state(folder, [], [], schedulers, [], self.accelerator.process_index)
 
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+
+def optimizer_state(optimizer):
+    """``optimizer.state_dict()`` with whole tensors: gathered from every process when FSDP shards them."""
+    state = optimizer.state_dict()  # its per-weight dicts are the optimizer's own: build new ones
+    state["state"] = {
+        index: {key: unsharded(value) if torch.is_tensor(value) else value for key, value in param_state.items()}
+        for index, param_state in state["state"].items()
+    }
+    return state
+
+
+def load_optimizer_state(optimizer, params, state):
+    """Load :func:`optimizer_state`'s output, each per-weight tensor cut as its weight in ``params`` is cut."""
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == params[index].shape:
+                param_state[key] = sharded_like(value, params[index])
+    optimizer.load_state_dict(state)
 
 
 def checkpoints(output_dir):
@@ -370,7 +409,7 @@ def check_adapters_fit(model, path):
     """Raise one sentence when the adapters saved in checkpoint ``path`` do not have the keys and shapes of
     ``model``'s (another --lora_rank, --fake_lora_rank or target modules)."""
     for name in ADAPTERS:
-        expected = {key: tuple(value.shape) for key, value in lora_state_dict(model, name).items()}
+        expected = lora_shapes(model, name)
         with safe_open(os.path.join(path, f"{name}_lora.safetensors"), "pt") as f:
             saved = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         if saved.keys() != expected.keys():
@@ -389,9 +428,9 @@ def check_adapters_fit(model, path):
             )
 
 
-def resume(accelerator, args, model):
-    """Load ``--resume_from_checkpoint`` (a folder, or 'latest' complete one in ``--output_dir``) into
-    ``model``'s adapters, the optimizers, schedules and random state, and return its step; 0 when there is none."""
+def resume(accelerator, args, updates):
+    """Load ``--resume_from_checkpoint`` (a folder, or 'latest' complete one in ``--output_dir``) into the
+    adapters, their optimizers and schedules, and the random state; return its step, 0 when there is none."""
     if not args.resume_from_checkpoint:
         return 0
     if args.resume_from_checkpoint == "latest":
@@ -405,22 +444,24 @@ def resume(accelerator, args, model):
     name = os.path.basename(os.path.normpath(path))
     if not CHECKPOINT.fullmatch(name) or not os.path.isfile(os.path.join(path, f"{STUDENT}_lora.safetensors")):
         raise ValueError(f"{path!r} is not a complete checkpoint-N folder written by this trainer.")
-    check_adapters_fit(model, path)
+    check_adapters_fit(updates.model, path)
     accelerator.print(f"Resuming from {path}")
-    accelerator.load_state(path)
+    updates.load(path)
     return int(CHECKPOINT.fullmatch(name)[1])
 
 
-def save_checkpoint(accelerator, args, global_step):
+def save_checkpoint(accelerator, args, updates, global_step):
     """``<output_dir>/checkpoint-<step>``, written whole or not at all: every process writes into
     ``tmp-checkpoint-<step>``, which is renamed once complete; only then are the oldest beyond
     ``--checkpoints_total_limit`` deleted. A run killed while saving leaves a tmp folder that 'latest' ignores."""
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
     partial = os.path.join(args.output_dir, f"tmp-checkpoint-{global_step}")
-    if accelerator.is_main_process and os.path.isdir(partial):
-        shutil.rmtree(partial)  # left by a run killed while saving this step
+    if accelerator.is_main_process:
+        if os.path.isdir(partial):
+            shutil.rmtree(partial)  # left by a run killed while saving this step
+        os.makedirs(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(partial)
+    updates.save(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if os.path.isdir(path):
@@ -478,8 +519,8 @@ def latest_validation(output_dir):
 class TrainingLoop:
     """Algorithm 1's outer loop without its body. Iterating yields ``(global_step, student_turn)`` up to
     ``--max_train_steps``; the body runs the AMD step and ends with :meth:`end_step`, which logs, advances
-    the progress bar, checkpoints and calls ``validate(step)`` at their cadences. :meth:`finish` reports the
-    step times and writes the outputs."""
+    the progress bar, checkpoints and calls ``validate(step)`` (on every process) at their cadences.
+    :meth:`finish` reports the step times and writes the outputs."""
 
     def __init__(self, accelerator, args, updates, global_step, project, validate):
         if accelerator.is_main_process:
@@ -516,20 +557,24 @@ class TrainingLoop:
         self.progress_bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith(("loss", "reward/mean"))})
         self.accelerator.log(logs, step=self.global_step)
         if self.global_step % self.args.checkpointing_steps == 0:
-            logger.info(f"Saved state to {save_checkpoint(self.accelerator, self.args, self.global_step)}")
+            logger.info(
+                f"Saved state to {save_checkpoint(self.accelerator, self.args, self.updates, self.global_step)}"
+            )
         last = self.global_step == self.args.max_train_steps
-        if self.accelerator.is_main_process and (self.global_step % self.args.validation_steps == 0 or last):
-            self.validate(self.global_step)
+        if self.global_step % self.args.validation_steps == 0 or last:
+            self.validate(self.global_step)  # on every process (FSDP's forwards need them all); the main one writes
 
     def finish(self, save_outputs):
-        """Log the median step times, call ``save_outputs()`` on the main process, push to the Hub if asked."""
+        """Log the median step times, call ``save_outputs(student_state_dict)`` on the main process (the
+        student adapter gathered from every process under FSDP), push to the Hub if asked."""
         accelerator, args = self.accelerator, self.args
         logger.info(
             f"Median step time: {step_time_report(self.step_seconds, accelerator.device)}", main_process_only=False
         )
         accelerator.wait_for_everyone()
+        student = lora_state_dict(self.updates.model, STUDENT)
         if accelerator.is_main_process:
-            save_outputs()
+            save_outputs(student)
             if args.push_to_hub:
                 repo_id = push_to_hub(
                     args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args.hub_token
