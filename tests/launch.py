@@ -11,19 +11,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 
-def launch(script, args, num_processes=1):
-    """``accelerate launch <script> <args>``; asserts success and returns the completed process."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        str(num_processes),
-        "--num_cpu_threads_per_process",
-        "1",
-    ]
+def launch(script, args, num_processes=1, config_file=None):
+    """``accelerate launch <script> <args>``; asserts success and returns the completed process. With an FSDP
+    ``config_file``, its FSDP runs on CPU processes (tests/fsdp_on_cpu.py)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1"]
+    command += ["--num_processes", str(num_processes)]
     env = dict(ENV)
-    if num_processes > 1:  # accelerate's multi-process CPU mode: torchrun processes with gloo
+    if config_file is not None:
+        command += ["--config_file", config_file, "tests/fsdp_on_cpu.py"]
+        env["ACCELERATE_USE_CPU"] = "true"
+    elif num_processes > 1:  # accelerate's multi-process CPU mode: torchrun processes with gloo
         command.append("--multi_gpu")
         env["ACCELERATE_USE_CPU"] = "true"
     result = subprocess.run([*command, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,7 @@
 """train_amd_wan.py on a tiny Wan2.1 pipeline, on CPU, offline: the scheduler it saves gives the student's noise
 levels, stock WanPipeline with that scheduler and the LoRA reproduces the trainer's own 4-step sample,
-microbatches do not change the math, video rewards, and (slow) the real command line end to end."""
+microbatches do not change the math, video rewards, and (slow) the real command line end to end, under DDP and
+FSDP."""
 
 import sys
 
@@ -10,18 +11,21 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from launch import (
     assert_fails_with_one_sentence,
     assert_processes_agree,
+    assert_same_adapters,
     checkpoint_adapters,
     launch,
     tensorboard_scalars,
     train_in_process,
     wan_args,
 )
+from safetensors.torch import load_file
 
 import train_amd_wan
 from amd_utils.parameterization import shift_noise_level
 from amd_utils.rewards import frame_averaged_reward, load_video_reward
 
 SCRIPT = "train_amd_wan.py"
+FSDP_CONFIG = "examples/wan/accelerate_fsdp2.yaml"
 VIDEO = {"height": 16, "width": 16, "num_frames": 5, "max_sequence_length": 8}
 
 
@@ -155,6 +159,35 @@ def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_wan
         wan_args(tiny_wan, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"),
         tmp_path / "dump",
     )
+
+
+@pytest.mark.slow
+def test_fsdp_trains_and_resumes_as_ddp_does(tiny_wan, tmp_path):
+    # The shipped FSDP2 config on 2 CPU processes (tests/fsdp_on_cpu.py lets accelerate shard on CPU). Both
+    # processes start from the same adapters and run the same forwards, and FSDP averages gradients as DDP does:
+    # the adapters match a 2-process DDP run's, gradient checkpointing on top included; a checkpoint written under
+    # either resumes under the other to the adapters of the uninterrupted run.
+    flags = ["--max_train_steps", "4", "--fake_update_ratio", "2", "--mixed_precision", "no"]
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    launch(SCRIPT, wan_args(tiny_wan, ddp, *flags), num_processes=2)
+    result = launch(
+        SCRIPT, wan_args(tiny_wan, fsdp, *flags, "--gradient_checkpointing"), num_processes=2, config_file=FSDP_CONFIG
+    )
+    assert "DistributedType.FSDP" in result.stderr
+    for path in ("pytorch_lora_weights.safetensors", "scheduler/scheduler_config.json", "README.md",
+                 "validation/step-4.gif", "checkpoint-2/pytorch_lora_weights.safetensors"):  # fmt: skip
+        assert (fsdp / path).exists(), path
+    for step in (2, 4):
+        assert_same_adapters(ddp / f"checkpoint-{step}", fsdp / f"checkpoint-{step}")
+    final = [load_file(str(out / "pytorch_lora_weights.safetensors")) for out in (ddp, fsdp)]
+    assert final[0].keys() == final[1].keys()
+    for key in final[0]:
+        torch.testing.assert_close(final[1][key], final[0][key], atol=1e-6, rtol=1e-5)
+    for source, config_file in ((ddp, FSDP_CONFIG), (fsdp, None)):
+        out = tmp_path / f"resumed-from-{source.name}"
+        resume = ["--resume_from_checkpoint", str(source / "checkpoint-2")]
+        launch(SCRIPT, wan_args(tiny_wan, out, *flags, *resume), num_processes=2, config_file=config_file)
+        assert_same_adapters(ddp / "checkpoint-4", out / "checkpoint-4")
 
 
 @pytest.mark.slow
