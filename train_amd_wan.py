@@ -24,6 +24,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from peft import LoraConfig
+from torch.distributed.fsdp import fully_shard
 
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_video_grid
@@ -184,7 +185,10 @@ def load_models(args, device, dtype):
     if args.real_score_model_name_or_path:
         real_path = args.real_score_model_name_or_path
         check_pipeline(real_path, {"transformer": "WanTransformer3DModel"}, "a Wan")
-        real_transformer = WanTransformer3DModel.from_pretrained(real_path, subfolder="transformer", torch_dtype=dtype)
+        with torch.random.fork_rng(devices=[]):  # loading draws random numbers: keep the run's stream as without it
+            real_transformer = WanTransformer3DModel.from_pretrained(
+                real_path, subfolder="transformer", torch_dtype=dtype
+            )
         real_transformer.requires_grad_(False).to(device).eval()
     vae_source, subfolder = (args.pretrained_vae_model_name_or_path, None)
     if not vae_source:
@@ -288,6 +292,12 @@ def main(args):
         transformer, model, updates, global_step = prepare_adapters(
             accelerator, transformer, LORA_TARGET_MODULES, args, save_extra
         )
+        if real_transformer is not None and accelerator.is_fsdp2:
+            # accelerate shards a model only with its optimizer: shard the frozen teacher's blocks as the config
+            # shards the base's.
+            for block in real_transformer.blocks:
+                fully_shard(block)
+            fully_shard(real_transformer)
         shape = latent_shape(args, args.train_batch_size, model, vae)
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
             grey = torch.full(

@@ -106,6 +106,25 @@ def test_microbatches_give_the_same_gradients_and_adapters(tiny_wan, tmp_path):
         assert any(value.abs().max() > 1e-3 for key, value in adapters[1][name].items() if "lora_B" in key)  # trained
 
 
+def test_a_separate_teacher_scores_as_the_base_with_adapters_off_would(tiny_wan, tmp_path):
+    # --real_score_model_name_or_path naming the base pipeline itself must not change the math; a teacher with
+    # other weights must change the student.
+    from tiny_models import tiny_wan_pipeline
+
+    adapters = {}
+    for teacher in (None, tiny_wan["model"], tiny_wan_pipeline(tmp_path / "other_teacher", seed=1)):
+        out = tmp_path / f"teacher-{len(adapters)}"
+        flags = ["--max_train_steps", 2, "--fake_update_ratio", 1, "--checkpointing_steps", 2]
+        flags += ["--real_score_model_name_or_path", teacher] if teacher else []
+        train_in_process(train_amd_wan, wan_args(tiny_wan, out, *flags))
+        adapters[teacher] = checkpoint_adapters(out / "checkpoint-2")
+    plain, same, other = adapters.values()
+    for name in ("student", "fake"):
+        for key, value in plain[name].items():
+            torch.testing.assert_close(same[name][key], value, atol=1e-6, rtol=0)
+    assert max((other["student"][key] - plain["student"][key]).abs().max() for key in plain["student"]) > 1e-4
+
+
 def test_a_frames_reward_averages_an_image_reward_over_evenly_spaced_frames():
     calls = []
 
