@@ -184,14 +184,14 @@ def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_wan
 def test_fsdp_trains_and_resumes_as_ddp_does(tiny_wan, tmp_path):
     # The shipped FSDP2 config on 2 CPU processes (tests/fsdp_on_cpu.py lets accelerate shard on CPU). Both
     # processes start from the same adapters and run the same forwards, and FSDP averages gradients as DDP does:
-    # the adapters match a 2-process DDP run's, gradient checkpointing on top included; a checkpoint written under
-    # either resumes under the other to the adapters of the uninterrupted run.
+    # the adapters match a 2-process DDP run's, with gradient checkpointing and a separate (sharded) teacher
+    # holding the base's weights on top; a checkpoint written under either resumes under the other (the FSDP
+    # resume scoring with the base, adapters off) to the adapters of the uninterrupted run.
     flags = ["--max_train_steps", "4", "--fake_update_ratio", "2", "--mixed_precision", "no"]
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     launch(SCRIPT, wan_args(tiny_wan, ddp, *flags), num_processes=2)
-    result = launch(
-        SCRIPT, wan_args(tiny_wan, fsdp, *flags, "--gradient_checkpointing"), num_processes=2, config_file=FSDP_CONFIG
-    )
+    on_top = ["--gradient_checkpointing", "--real_score_model_name_or_path", tiny_wan["model"]]
+    result = launch(SCRIPT, wan_args(tiny_wan, fsdp, *flags, *on_top), num_processes=2, config_file=FSDP_CONFIG)
     assert "DistributedType.FSDP" in result.stderr
     for path in ("pytorch_lora_weights.safetensors", "scheduler/scheduler_config.json", "README.md",
                  "validation/step-4.gif", "checkpoint-2/pytorch_lora_weights.safetensors"):  # fmt: skip
