@@ -281,7 +281,7 @@ def to_videos(latents, vae):
 def main(args):
     """Train, write the outputs, and return the transformer that carries the trained adapters."""
     try:  # every ValueError until the loop starts is a bad input: one sentence, exit status 2, nothing written
-        accelerator, weight_dtype = make_accelerator(args)
+        accelerator, weight_dtype = make_accelerator(args, allow_fsdp=True)
         logger.info(accelerator.state, main_process_only=False)
 
         # -------------------------------------------------------------- models: one base, two adapters

@@ -21,7 +21,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.checkpointing import load_accelerator_state, save_accelerator_state
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, broadcast, is_bf16_available, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    ProjectConfiguration,
+    broadcast,
+    is_bf16_available,
+    set_seed,
+)
 from diffusers.optimization import get_scheduler
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -214,9 +221,10 @@ def check_pipeline(path, components, family):
             )
 
 
-def make_accelerator(args):
+def make_accelerator(args, allow_fsdp=False):
     """The ``Accelerator`` of a run, logging set up, each process seeded apart (its own prompts or labels
-    and noise), TF32 on if asked; returns it with the dtype of the frozen weights."""
+    and noise), TF32 on if asked; returns it with the dtype of the frozen weights. An FSDP launch is refused
+    unless ``allow_fsdp`` (a trainer whose processes all run the same forwards)."""
     if args.mixed_precision == "bf16" and not is_bf16_available():
         raise ValueError(
             "--mixed_precision bf16 needs a device with bfloat16 support (an Ampere or newer GPU, or the CPU): use "
@@ -231,6 +239,13 @@ def make_accelerator(args):
         # The student's backward leaves the fake adapter without grads and vice versa.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if accelerator.distributed_type == DistributedType.FSDP and not allow_fsdp:
+        raise ValueError("FSDP is supported by train_amd_wan.py only: launch this trainer without an FSDP config.")
+    if accelerator.distributed_type == DistributedType.FSDP and args.use_8bit_adam:
+        raise ValueError(
+            "--use_8bit_adam does not work under FSDP (bitsandbytes cannot update sharded weights): drop it, FSDP "
+            "already shards the optimizer states."
+        )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)
     if args.allow_tf32:

@@ -11,9 +11,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
 
 
-def launch(script, args, num_processes=1, config_file=None):
-    """``accelerate launch <script> <args>``; asserts success and returns the completed process. With an FSDP
-    ``config_file``, its FSDP runs on CPU processes (tests/fsdp_on_cpu.py)."""
+def launch(script, args, num_processes=1, config_file=None, succeed=True):
+    """``accelerate launch <script> <args>``; asserts success (failure if not ``succeed``) and returns the completed
+    process. With an FSDP ``config_file``, its FSDP runs on CPU processes (tests/fsdp_on_cpu.py)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1"]
     command += ["--num_processes", str(num_processes)]
     env = dict(ENV)
@@ -24,7 +24,7 @@ def launch(script, args, num_processes=1, config_file=None):
         command.append("--multi_gpu")
         env["ACCELERATE_USE_CPU"] = "true"
     result = subprocess.run([*command, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -53,6 +53,16 @@ def assert_fails_with_one_sentence(script, args, message, output_dir):
     last_line = result.stderr.strip().splitlines()[-1]
     assert message in last_line and last_line.startswith(f"{script}: error: "), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert os.listdir(output_dir) == ["keep.txt"] and (output_dir / "keep.txt").read_text() == "earlier results"
+
+
+def assert_fsdp_launch_fails_with_one_sentence(script, args, message, output_dir, config_file):
+    """Under FSDP (2 CPU processes) the script stops with ``<script>: error: ...message...`` from each process,
+    without a traceback of its own, and the existing output folder (holding only keep.txt) is untouched."""
+    result = launch(script, args, num_processes=2, config_file=config_file, succeed=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{script}: error: ")]
+    assert len(errors) == 2 and all(message in line for line in errors), result.stderr[-3000:]
+    assert f'File "{script}"' not in result.stderr
     assert os.listdir(output_dir) == ["keep.txt"] and (output_dir / "keep.txt").read_text() == "earlier results"
 
 

@@ -10,10 +10,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from launch import (
     assert_fails_with_one_sentence,
+    assert_fsdp_launch_fails_with_one_sentence,
     assert_processes_agree,
     assert_same_adapters,
     checkpoint_adapters,
     launch,
+    sit_args,
     tensorboard_scalars,
     train_in_process,
     wan_args,
@@ -207,6 +209,18 @@ def test_fsdp_trains_and_resumes_as_ddp_does(tiny_wan, tmp_path):
         resume = ["--resume_from_checkpoint", str(source / "checkpoint-2")]
         launch(SCRIPT, wan_args(tiny_wan, out, *flags, *resume), num_processes=2, config_file=config_file)
         assert_same_adapters(ddp / "checkpoint-4", out / "checkpoint-4")
+
+
+@pytest.mark.slow
+def test_8bit_adam_and_the_other_trainers_are_refused_under_fsdp(tiny_wan, tiny_sit, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    wan = wan_args(tiny_wan, out, "--use_8bit_adam")
+    message = "--use_8bit_adam does not work under FSDP"
+    assert_fsdp_launch_fails_with_one_sentence(SCRIPT, wan, message, out, FSDP_CONFIG)
+    message = "FSDP is supported by train_amd_wan.py only"
+    assert_fsdp_launch_fails_with_one_sentence("train_amd_sit.py", sit_args(tiny_sit, out), message, out, FSDP_CONFIG)
 
 
 @pytest.mark.slow
