@@ -21,10 +21,9 @@ import os
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast
+from accelerate.utils import DistributedType, broadcast
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from peft import LoraConfig
-from torch.distributed.fsdp import fully_shard
 
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_video_grid
@@ -292,9 +291,11 @@ def main(args):
         transformer, model, updates, global_step = prepare_adapters(
             accelerator, transformer, LORA_TARGET_MODULES, args, save_extra
         )
-        if real_transformer is not None and accelerator.is_fsdp2:
+        if real_transformer is not None and accelerator.distributed_type == DistributedType.FSDP:
             # accelerate shards a model only with its optimizer: shard the frozen teacher's blocks as the config
             # shards the base's.
+            from torch.distributed.fsdp import fully_shard  # FSDP2 (make_accelerator checks) needs torch >= 2.6
+
             for block in real_transformer.blocks:
                 fully_shard(block)
             fully_shard(real_transformer)

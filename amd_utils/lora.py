@@ -17,7 +17,6 @@ from peft.functional import (
     set_requires_grad,
 )
 from peft.tuners.tuners_utils import BaseTunerLayer
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 STUDENT, FAKE = "student", "fake"
 ADAPTERS = (STUDENT, FAKE)
@@ -55,17 +54,19 @@ def use_adapter(model, name):
 
 
 def unsharded(tensor):
-    """The whole of ``tensor``: gathered from every process when FSDP has sharded it (a DTensor), a collective
-    that every process must call in the same order; ``tensor`` itself otherwise."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    """The whole of ``tensor``: gathered from every process when FSDP has sharded it (a DTensor: a collective that
+    every process must call in the same order); ``tensor`` itself otherwise."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # no DTensor import: torch < 2.5
 
 
 def sharded_like(tensor, param):
     """The whole ``tensor`` (e.g. read from a checkpoint) cut as ``param`` is: this process's shard when FSDP has
-    sharded ``param``, ``tensor`` itself otherwise. Every process holds the whole tensor, so nothing is sent."""
-    if not isinstance(param, DTensor):
+    sharded ``param`` (a collective, as in :func:`unsharded`), ``tensor`` itself otherwise."""
+    if not hasattr(param, "placements"):
         return tensor
-    return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    from torch.distributed.tensor import distribute_tensor  # only under FSDP2, which needs torch >= 2.6
+
+    return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements)
 
 
 def lora_state_dict(model, name):

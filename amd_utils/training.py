@@ -239,13 +239,19 @@ def make_accelerator(args, allow_fsdp=False):
         # The student's backward leaves the fake adapter without grads and vice versa.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if accelerator.distributed_type == DistributedType.FSDP and not allow_fsdp:
-        raise ValueError("FSDP is supported by train_amd_wan.py only: launch this trainer without an FSDP config.")
-    if accelerator.distributed_type == DistributedType.FSDP and args.use_8bit_adam:
-        raise ValueError(
-            "--use_8bit_adam does not work under FSDP (bitsandbytes cannot update sharded weights): drop it, FSDP "
-            "already shards the optimizer states."
-        )
+    if accelerator.distributed_type == DistributedType.FSDP:
+        if not allow_fsdp:
+            raise ValueError("FSDP is supported by train_amd_wan.py only: launch this trainer without an FSDP config.")
+        if getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+            raise ValueError(
+                "the trainer runs under FSDP2 only: set fsdp_version: 2 in the accelerate config, as "
+                "examples/wan/accelerate_fsdp2.yaml does."
+            )
+        if args.use_8bit_adam:
+            raise ValueError(
+                "--use_8bit_adam does not work under FSDP (bitsandbytes cannot update sharded weights): drop it, "
+                "FSDP already shards the optimizer states."
+            )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     set_seed(args.seed, device_specific=True)
     if args.allow_tf32:
