@@ -73,13 +73,17 @@ def max_difference(a, b, name):
 # ---------------------------------------------------------------- flags that must not change the math
 
 
-def test_gradient_checkpointing_gives_the_same_adapters(trainer, tmp_path):
-    # Recomputing a checkpointed forward is the same float computation as keeping it: exactly equal on CPU.
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_gradient_checkpointing_gives_the_same_adapters(trainer, tmp_path, precision):
+    # Recomputing a checkpointed forward is the same float computation as keeping it: exactly equal on CPU, in
+    # float32 and under bf16 autocast with the frozen weights in bf16 (the adapters stay float32).
     # Before the fix the student's recomputation ran through the fake adapter (student off by ~1e-2 here).
-    plain = adapters_after(trainer, tmp_path / "plain", 3)
-    checkpointed = adapters_after(trainer, tmp_path / "checkpointed", 3, "--gradient_checkpointing")
+    flags = ("--mixed_precision", precision)
+    plain = adapters_after(trainer, tmp_path / "plain", 3, *flags)
+    checkpointed = adapters_after(trainer, tmp_path / "checkpointed", 3, *flags, "--gradient_checkpointing")
     for name in ("student", "fake"):
         assert max_difference(plain, checkpointed, name) == 0.0, name
+        assert all(value.dtype == torch.float32 for value in checkpointed[name].values())
 
 
 @pytest.mark.parametrize("operator", ["amd", "naive"])
