@@ -1,7 +1,7 @@
-"""``accelerate launch --config_file examples/wan/fsdp2.yaml tests/fsdp_on_cpu.py <trainer script> <flags...>``
-with ``ACCELERATE_USE_CPU=true``: the trainer under accelerate's FSDP2 on CPU processes (gloo). accelerate turns
-FSDP on for GPU-like devices only, while torch's FSDP2 itself shards on CPU too; this turns it on for CPU
-processes, so that a test can run the trainer's FSDP path here."""
+"""``accelerate launch --config_file examples/wan/accelerate_fsdp2.yaml tests/fsdp_on_cpu.py <trainer script>
+<flags...>`` with ``ACCELERATE_USE_CPU=true``: the trainer under accelerate's FSDP2 on CPU processes (gloo).
+accelerate turns FSDP on for GPU-like devices only, while torch's FSDP2 itself shards on CPU too; this turns it
+on for CPU processes, so that a test can run the trainer's FSDP path here."""
 
 import runpy
 import sys
