@@ -9,13 +9,9 @@ come from the adapter names, never from a ``requires_grad`` filter.
 import warnings
 
 import torch
-from peft import LoraConfig
-from peft.functional import (
-    get_peft_model_state_dict,
-    inject_adapter_in_model,
-    set_peft_model_state_dict,
-    set_requires_grad,
-)
+
+# peft's top level, not peft.functional (0.18+): these names are there from before peft 0.15, the lower bound.
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 STUDENT, FAKE = "student", "fake"
@@ -32,9 +28,9 @@ def add_student_and_fake_adapters(model, target_modules, rank, alpha=None, fake_
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(config, model, adapter_name=name)
-    set_requires_grad(model, list(ADAPTERS), True)
     params = {name: [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n] for name in ADAPTERS}
     for p in params[STUDENT] + params[FAKE]:
+        p.requires_grad_(True)  # injecting the second adapter froze the first
         p.data = p.data.float()  # trained in float32 whatever the base's dtype (mixed precision)
     return params
 

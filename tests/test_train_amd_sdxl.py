@@ -5,8 +5,7 @@ import pytest
 import torch
 from diffusers import LCMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from launch import assert_fails_with_one_sentence, assert_processes_agree, assert_survives_sigkill, launch, sdxl_args
-from peft import LoraConfig
-from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
+from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from train_amd_sdxl import LORA_TARGET_MODULES
@@ -24,13 +23,14 @@ def test_the_lora_loads_into_stock_sdxl_and_samples_in_4_steps(tiny_sdxl, tmp_pa
         assert (out / path).exists(), path
     card = (out / "README.md").read_text()
     assert "LCMScheduler" in card and "timesteps=[999, 749, 499, 249]" in card and "guidance_scale=0" in card
+    assert 'weight_name="pytorch_lora_weights.safetensors"' in card  # diffusers 0.34 loads a folder offline only so
 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny["model"])
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     settings = {"num_inference_steps": 4, "timesteps": [999, 749, 499, 249], "guidance_scale": 0, "output_type": "pt"}
     base = pipe("a cat", generator=torch.Generator().manual_seed(0), **settings).images
-    pipe.load_lora_weights(str(out))
+    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
     student = pipe("a cat", generator=torch.Generator().manual_seed(0), **settings).images
     assert student.shape == (1, 3, 16, 16) and torch.isfinite(student).all()
     assert (student - base).abs().max() > 1e-3

@@ -6,8 +6,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel
 from launch import assert_fails_with_one_sentence, assert_processes_agree, assert_survives_sigkill, launch, sit_args
-from peft import LoraConfig
-from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
+from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from amd_utils.pipeline_sit import use_sit_time_embedding
