@@ -12,9 +12,11 @@ Built in:
 Anything else: ``--reward my_module:my_function`` with that signature; ``none`` (plain DMD) scores nothing.
 Videos (``load_video_reward``): ``frames:<image reward>`` averages an image reward over a few frames, and
 ``my_module:my_function`` takes ``(videos (B, F, 3, H, W) in [0, 1], prompts)``.
-Every model is loaded once, runs on tensors on ``device`` with its own preprocessing (resize the shortest
-edge, centre crop, normalize), and fails at start-up with one sentence when its weights are neither on disk
-nor reachable.
+Every model is loaded once, runs on tensors on ``device`` with its own preprocessing, and fails at start-up with
+one sentence when its weights are neither on disk nor reachable. The preprocessing is each reward's own, which matters
+on non-square frames (480 x 832 Wan videos): HPSv2 resizes the longest edge and pads
+(:func:`resize_longest_pad_normalize`), the transformers models resize the shortest edge and centre-crop
+(:func:`resize_crop_normalize`); tests compare both with the libraries' own transforms.
 """
 
 import functools
@@ -101,18 +103,46 @@ def _not_available(what, source, flag="--reward_model_name_or_path"):
 
 
 def resize_crop_normalize(images, size, crop, mean, std):
-    """A processor's preprocessing on a batch of tensors in [0, 1]: resize the shortest edge to ``size``
-    (bicubic, antialiased; None: no resize), centre crop to ``crop`` (height, width; None: no crop), then
-    ``(x - mean) / std`` per channel."""
+    """A transformers image processor's preprocessing (CLIP, PickScore, DINOv2) on a batch of tensors in [0, 1]:
+    resize the shortest edge to ``size`` (bicubic, antialiased; None: no resize), the other edge to
+    ``int(size * long / short)`` as ``transformers.image_transforms.get_resize_output_image_size`` truncates it;
+    centre crop to ``crop`` (height, width; None: no crop) at offsets ``(edge - crop) // 2``, as the processors'
+    ``center_crop`` does; then ``(x - mean) / std`` per channel."""
     if size is not None:
         height, width = images.shape[-2:]
-        scale = size / min(height, width)
-        images = F.interpolate(
-            images, size=(round(height * scale), round(width * scale)), mode="bicubic", antialias=True
-        )
+        short, long = min(height, width), max(height, width)
+        new_long = int(size * long / short)
+        new_size = (new_long, size) if width <= height else (size, new_long)
+        images = F.interpolate(images, size=new_size, mode="bicubic", antialias=True)
     if crop is not None:
         top, left = (images.shape[-2] - crop[0]) // 2, (images.shape[-1] - crop[1]) // 2
         images = images[..., top : top + crop[0], left : left + crop[1]]
+    return _normalize(images, mean, std)
+
+
+def resize_longest_pad_normalize(images, size, mean, std):
+    """HPSv2's own preprocessing on a batch of tensors in [0, 1]: resize the longest edge to ``size`` (bicubic,
+    antialiased, each edge ``round(edge * size / longest)``), pad with zeros (black) to a centred ``size`` x ``size``
+    square, the odd row or column at the bottom or right, then ``(x - mean) / std``.
+
+    HPSv2 scores with ``create_model_and_transforms(..., light_augmentation=True)`` (tgxs002/HPSv2 866735e,
+    ``hpsv2/img_score.py`` lines 18-38), whose validation transform is ``image_transform(...,
+    resize_longest_max=True)`` (``hpsv2/src/open_clip/factory.py`` lines 368-375): ``ToTensor``, then
+    ``ResizeMaxSize(size, fill=0)`` on the tensor (``hpsv2/src/open_clip/transform.py`` lines 26-49 and 141-157),
+    then ``Normalize``. A square image is only resized; unlike a shortest-edge crop, nothing of a 480 x 832 frame
+    is cut away. (ResizeMaxSize leaves an image whose longest edge is already ``size`` unpadded, which the ViT then
+    refuses; here it is padded like any other.)"""
+    height, width = images.shape[-2:]
+    scale = size / max(height, width)
+    new_height, new_width = round(height * scale), round(width * scale)
+    if (new_height, new_width) != (height, width):
+        images = F.interpolate(images, size=(new_height, new_width), mode="bicubic", antialias=True)
+    pad_height, pad_width = size - new_height, size - new_width
+    images = F.pad(images, (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2))
+    return _normalize(images, mean, std)
+
+
+def _normalize(images, mean, std):
     mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
     std = torch.as_tensor(std, device=images.device, dtype=images.dtype).reshape(1, -1, 1, 1)
     return (images - mean) / std
@@ -197,8 +227,8 @@ def hpsv2_reward(checkpoint_path, checkpoint_name, device, architecture=HPSV2_AR
 
     @torch.no_grad()
     def reward(images, prompts):
-        pixel_values = resize_crop_normalize(
-            images.to(device, torch.float32), size, (size, size), config["mean"], config["std"]
+        pixel_values = resize_longest_pad_normalize(
+            images.to(device, torch.float32), size, config["mean"], config["std"]
         )
         image_embeddings = model.encode_image(pixel_values, normalize=True)
         text_embeddings = _embed_prompts(

@@ -49,7 +49,7 @@ def test_hpsv2_is_the_cosine_of_open_clips_embeddings(hps_checkpoint):
         text_features = model.encode_text(open_clip.get_tokenizer(TINY_OPEN_CLIP)(PROMPTS), normalize=True)
     expected = (image_features * text_features).sum(-1)
     torch.testing.assert_close(reward(quantized, PROMPTS), expected, atol=1e-5, rtol=1e-4)
-    # Any resolution is resized and cropped to the model's; repeated prompts score alike for the same image.
+    # Any resolution is resized (and padded) to the model's; repeated prompts score alike for the same image.
     big = reward(torch.rand(1, 3, 64, 80).expand(2, -1, -1, -1), ["a cat", "a cat"])
     assert big.shape == (2,) and big[0] == big[1]
 
