@@ -107,7 +107,11 @@ def parse_args(argv=None):
         help="The student's noise levels are shift(1 - k/N) (5, N = 4: timesteps 1000, 937, 833, 625).",
     )
     group.add_argument(
-        "--score_timestep_shift", type=float, default=5.0, help="Shift of the uniform draws of the score noise levels."
+        "--score_timestep_shift",
+        type=float,
+        default=5.0,
+        help="Score noise levels: u ~ U[0, 1) shifted by this, then clamped to [--min_score_noise_level, "
+        "--max_score_noise_level] (Self-Forcing's draw).",
     )
     group.add_argument("--max_sequence_length", type=int, default=512, help="UMT5 tokens per prompt (WanPipeline's).")
     group.add_argument(

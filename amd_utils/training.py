@@ -187,9 +187,10 @@ def check_shared_args(parser, args):
     args.lora_alpha = args.lora_alpha or args.lora_rank  # peft's scale is alpha / rank
 
 
-def score_noise_levels(args, batch_size, device, shift=1.0):
-    """Noise levels (0 clean, 1 noise) at which the student's samples are scored: uniform in
-    [--min_score_noise_level, --max_score_noise_level], shifted by ``shift`` and clamped back into the range."""
+def score_noise_levels(args, batch_size, device, shift=None):
+    """Noise levels (0 clean, 1 noise) at which the student's samples are scored, in [--min_score_noise_level,
+    --max_score_noise_level]: uniform without a ``shift`` (DMD2), shifted and clamped with one (Self-Forcing; see
+    :func:`amd_utils.parameterization.sample_noise_levels`)."""
     return sample_noise_levels(batch_size, args.min_score_noise_level, args.max_score_noise_level, shift, device=device)
 
 

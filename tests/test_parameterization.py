@@ -129,7 +129,25 @@ def test_sample_noise_levels_range_and_shift():
     assert timesteps.min() >= 20 and timesteps.max() <= 980
 
 
-@pytest.mark.parametrize("low, high, shift", [(0.5, 0.2, 1.0), (-0.1, 0.5, 1.0), (0.1, 1.5, 1.0), (0.1, 0.9, 0.0)])
+def test_shifted_noise_levels_are_self_forcings_draw():
+    # guandeh17/Self-Forcing 33593df, model/dmd.py lines 153-170: t = randint(0, 1000), shifted by 5 (as t / 1000),
+    # clamped to [20, 980]. The levels are drawn over the whole [0, 1), then shifted and clamped, so 2% of them fall
+    # below shift(0.02) = 0.093 (0.4% on 0.02 itself); a draw over [0.02, 0.98] before the shift never goes there.
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (200000,), generator=gen, dtype=torch.float64)
+    self_forcing = ((5 * (t / 1000) / (1 + 4 * (t / 1000)) * 1000).clamp(20, 980) / 1000).float()
+    levels = sample_noise_levels(200000, 0.02, 0.98, shift=5.0, generator=gen)
+    grid = torch.linspace(0.02, 0.98, 97)
+    cdf_gap = max(((levels <= x).double().mean() - (self_forcing <= x).double().mean()).abs().item() for x in grid)
+    assert cdf_gap < 0.005  # 200,000 draws of each: a gap of 0.005 is beyond sampling noise and rounding of t
+    assert (levels < 0.0926).double().mean().item() == pytest.approx(0.02, abs=0.002)
+    assert (levels == 0.02).double().mean().item() == pytest.approx(0.02 / 4.92, abs=0.001)
+    assert (levels == 0.98).double().mean().item() == pytest.approx(1 - 0.98 / 1.08, abs=0.003)
+    # Without a shift: uniform on [min, max] (DMD2), nothing on the ends.
+    assert (sample_noise_levels(20000, 0.02, 0.98, generator=gen) == 0.02).sum() == 0
+
+
+@pytest.mark.parametrize("low, high, shift", [(0.5, 0.2, None), (-0.1, 0.5, None), (0.1, 1.5, 5.0), (0.1, 0.9, 0.0)])
 def test_sample_noise_levels_rejects_bad_arguments(low, high, shift):
     with pytest.raises(ValueError):
         sample_noise_levels(4, low, high, shift=shift)
