@@ -52,7 +52,8 @@ SCRIPT = os.path.basename(__file__)
 
 # Self- and cross-attention and the feed-forward of every block.
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
-# WanPipeline's example negative prompt, in Wan's own Chinese (the public Wan DMD recipes use it too).
+# Wan2.1's own default negative prompt, `sample_neg_prompt` in Wan-Video/Wan2.1 wan/configs/shared_config.py, which
+# Self-Forcing's configs use too (`negative_prompt`). diffusers' WanPipeline encodes "" when given none.
 WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
     "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
@@ -264,11 +265,23 @@ def sample_student(model, prompt_embeds, sigmas, shape, device, microbatch_size=
         return predict_x0(model, STUDENT, x_in, sigmas[last].expand(shape[0]), prompt_embeds, microbatch_size)
 
 
+def vae_scale_factors(vae):
+    """(temporal, spatial) compression of a Wan VAE: its config's ``scale_factor_temporal`` / ``_spatial``
+    (diffusers >= 0.35), or, on diffusers 0.34, which has neither, what 0.34's WanPipeline derives:
+    ``2 ** sum(temperal_downsample)`` and ``2 ** len(temperal_downsample)``."""
+    config = vae.config
+    downsample = config.temperal_downsample  # sic: diffusers' name
+    return (
+        config.get("scale_factor_temporal") or 2 ** sum(downsample),
+        config.get("scale_factor_spatial") or 2 ** len(downsample),
+    )
+
+
 def latent_shape(args, batch_size, model, vae):
     """(B, C, latent frames, latent height, latent width) of --num_frames x --height x --width videos."""
-    frames = (args.num_frames - 1) // vae.config.scale_factor_temporal + 1
-    height, width = args.height // vae.config.scale_factor_spatial, args.width // vae.config.scale_factor_spatial
-    return (batch_size, model.config.in_channels, frames, height, width)
+    temporal, spatial = vae_scale_factors(vae)
+    frames = (args.num_frames - 1) // temporal + 1
+    return (batch_size, model.config.in_channels, frames, args.height // spatial, args.width // spatial)
 
 
 @torch.no_grad()
