@@ -243,7 +243,15 @@ def make_accelerator(args, allow_fsdp=False):
     if accelerator.distributed_type == DistributedType.FSDP:
         if not allow_fsdp:
             raise ValueError("FSDP is supported by train_amd_wan.py only: launch this trainer without an FSDP config.")
-        if getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+        plugin = accelerator.state.fsdp_plugin
+        if not hasattr(plugin, "fsdp_version"):  # accelerate 1.6.0 brought FSDP2 and the config's fsdp_version
+            import accelerate
+
+            raise ValueError(
+                f"the trainer runs under FSDP2, which needs accelerate >= 1.6 (this is {accelerate.__version__}): "
+                "pip install -U 'accelerate>=1.6'."
+            )
+        if plugin.fsdp_version != 2:
             raise ValueError(
                 "the trainer runs under FSDP2 only: set fsdp_version: 2 in the accelerate config, as "
                 "examples/wan/accelerate_fsdp2.yaml does."

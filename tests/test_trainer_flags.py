@@ -355,3 +355,33 @@ def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(
 
 def _files(folder):
     return sorted(os.path.relpath(os.path.join(root, f), folder) for root, _, files in os.walk(folder) for f in files)
+
+
+@pytest.mark.parametrize(
+    "plugin, use_8bit_adam, message",
+    [
+        ({}, False, r"needs accelerate >= 1\.6 \(this is "),  # accelerate < 1.6 reads no fsdp_version: FSDP1
+        ({"fsdp_version": 1}, False, "runs under FSDP2 only: set fsdp_version: 2"),
+        ({"fsdp_version": 2}, True, "--use_8bit_adam does not work under FSDP"),
+    ],
+    ids=["accelerate<1.6", "fsdp1", "8-bit-adam"],
+)
+def test_fsdp_launches_the_trainer_cannot_run_are_refused_with_one_sentence(monkeypatch, plugin, use_8bit_adam, message):
+    # accelerate builds an FSDP plugin only where there is a GPU: an Accelerator that reports one stands in for it.
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    class FSDPAccelerator:
+        distributed_type = DistributedType.FSDP
+        state = SimpleNamespace(fsdp_plugin=SimpleNamespace(**plugin))
+
+        def __init__(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(amd_utils.training, "Accelerator", FSDPAccelerator)
+    args = SimpleNamespace(
+        mixed_precision=None, report_to="none", output_dir="unused", logging_dir="logs", use_8bit_adam=use_8bit_adam
+    )
+    with pytest.raises(ValueError, match=message):
+        amd_utils.training.make_accelerator(args, allow_fsdp=True)
