@@ -358,7 +358,8 @@ def save_outputs(args, student):
             "from diffusers import LCMScheduler, StableDiffusionXLPipeline\n\n"
             f'pipe = StableDiffusionXLPipeline.from_pretrained("{args.pretrained_model_name_or_path}", '
             'torch_dtype=torch.float16).to("cuda")\n'
-            f'pipe.load_lora_weights("{args.hub_model_id or args.output_dir}")\n'
+            f'pipe.load_lora_weights("{args.hub_model_id or args.output_dir}", '
+            'weight_name="pytorch_lora_weights.safetensors")\n'
             "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)\n"
             f'image = pipe("a photo of a cat", num_inference_steps={steps}, timesteps={args.student_timesteps}, '
             "guidance_scale=0).images[0]"

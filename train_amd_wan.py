@@ -454,7 +454,7 @@ def save_outputs(args, student):
             'pipe.to("cuda")\n'
             f'out = "{args.hub_model_id or args.output_dir}"\n'
             'pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out, subfolder="scheduler")\n'
-            "pipe.load_lora_weights(out)\n"
+            'pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")\n'
             f'video = pipe("a cat surfing a wave", height={args.height}, width={args.width}, '
             f"num_frames={args.num_frames}, num_inference_steps={steps}, guidance_scale=1.0).frames[0]\n"
             'export_to_video(video, "cat.mp4", fps=16)'

@@ -46,6 +46,8 @@ DEFAULT_METRICS = {"sdxl": ["hpsv2", "pickscore", "imagereward"], "sit": ["fid",
 # The teacher row's defaults: the CFG each trainer distils towards (its --real_guidance_scale default).
 TEACHER_GUIDANCE = {"sdxl": 8.0, "sit": 1.5}
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
+# The trainers' LoRA file, named to load_lora_weights: diffusers 0.34 to 0.39 refuse a local folder offline without it.
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 # Settings that change the samples: a rerun with other values must not reuse the samples on disk.
 # Sample i depends on these and on i alone, so a rerun with a larger --num_samples adds samples.
 SAMPLING_SETTINGS = ("pretrained_model_name_or_path", "students", "teacher_steps", "teacher_guidance_scale",
@@ -182,7 +184,7 @@ def sdxl_rows(args, device, dtype):
     yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, **teacher)
     for name, path in args.students.items():
         timesteps = student_timesteps(path)
-        pipe.load_lora_weights(path)
+        pipe.load_lora_weights(path, weight_name=LORA_WEIGHTS)
         pipe.scheduler = LCMScheduler.from_config(teacher_scheduler.config)
         student = {"num_inference_steps": len(timesteps), "timesteps": timesteps, "guidance_scale": 0}
         yield name, _folder_name(name), functools.partial(sample, **student)

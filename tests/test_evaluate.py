@@ -140,7 +140,7 @@ def test_sdxl_student_is_sampled_as_its_card_says(tiny_sdxl, sdxl_student, tmp_p
 
     # Sample 1 is stock diffusers with the LoRA, LCMScheduler at the card's timesteps, prompt 1 and seed 1.
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl["model"])
-    pipe.load_lora_weights(sdxl_student)
+    pipe.load_lora_weights(sdxl_student, weight_name="pytorch_lora_weights.safetensors")
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     direct = pipe("a dog", num_inference_steps=4, timesteps=[999, 749, 499, 249], guidance_scale=0, height=16,
                   width=16, generator=[torch.Generator().manual_seed(1)], output_type="np").images[0]  # fmt: skip

@@ -141,12 +141,20 @@ def tiny_wan_pipeline(path, seed=0):
     small AutoencoderKLWan (16 latent channels, 4x temporal and 8x spatial compression), a 1-layer UMT5 encoder
     and a T5 Unigram tokenizer built from a vocabulary list (no download)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     words = ["▁a", "▁cat", "▁dog", "▁on", "▁mat", "▁in", "▁the", "▁snow", "▁", "a", "c", "t", "d", "o", "g", "n", "s"]
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -float(i)) for i, w in enumerate(words)]
-    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    # Built with the tokenizers library as T5's tokenizer.json is (a Unigram model, Metaspace, "</s>" appended):
+    # transformers 4.48's T5Tokenizer needs a sentencepiece file, 5's takes the vocabulary itself.
+    unigram = Tokenizer(models.Unigram(vocab, unk_id=2))
+    unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(
+        tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
     text_config = UMT5Config(
         vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8
     )
