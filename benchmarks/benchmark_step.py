@@ -28,7 +28,6 @@ from diffusers import (
     DiTTransformer2DModel,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import (
@@ -45,7 +44,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from amd_utils.lora import add_student_and_fake_adapters  # noqa: E402
-from amd_utils.sit import save_sit_pipeline  # noqa: E402
 
 # Published configurations (full) and the smallest that exercise the same code (tiny).
 CONFIGS = {
@@ -100,13 +98,38 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def random_weights(module, device):
-    """Materialize a module built on the meta device with N(0, 0.02) weights (speed and memory, not quality)."""
+def random_weights(module, device, float32=False):
+    """Materialize a module built on the meta device with N(0, 0.02) weights (speed and memory, not quality), in
+    bf16 on CUDA unless ``float32`` (rewards are loaded in float32)."""
     module.to_empty(device=device)
     with torch.no_grad():
         for parameter in module.parameters():
             parameter.normal_(0, 0.02)
-    return module.to(torch.bfloat16 if device == "cuda" else torch.float32)
+    return module.to(torch.bfloat16 if device == "cuda" and not float32 else torch.float32)
+
+
+def save(component, path, device, float32=False):
+    """Save a pipeline component. A network (built on the meta device) gets random weights on ``device``; with
+    ``device`` None only its config is written, for benchmarks/estimate_memory.py, which builds networks from
+    their configs."""
+    if not isinstance(component, torch.nn.Module):
+        component.save_pretrained(path)  # tokenizer, scheduler
+    elif device is None:
+        component.save_config(path) if hasattr(component, "save_config") else component.config.save_pretrained(path)
+    else:
+        random_weights(component, device, float32).save_pretrained(path)
+
+
+def save_pipeline(folder, class_name, components, device):
+    """A diffusers pipeline folder: every component in its subfolder (see :func:`save`), and ``model_index.json``."""
+    import diffusers
+
+    index = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
+    for name, component in components.items():
+        index[name] = [type(component).__module__.split(".")[0], type(component).__name__]
+        save(component, os.path.join(folder, name), device)
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
 
 
 def clip_tokenizer(folder):
@@ -128,14 +151,16 @@ def clip_tokenizer(folder):
 
 
 def build(model, config, size, folder, device):
-    """The model folder and the reward the trainer reads; returns the trainer's model-specific flags."""
+    """The model folder (``folder/model``) and the reward the trainer reads, every network built on the meta device
+    from ``config`` and saved with random weights on ``device`` (None: configs only, see :func:`save`); returns the
+    trainer's model-specific flags."""
     if model == "sit":
         with torch.device("meta"):
             transformer, vae = DiTTransformer2DModel(**config["transformer"]), AutoencoderKL(**config["vae"])
             reward = Dinov2ForImageClassification(Dinov2Config(**config["reward"]))
-        transformer, vae = random_weights(transformer, device), random_weights(vae, device)
-        save_sit_pipeline(os.path.join(folder, "model"), transformer, FlowMatchEulerDiscreteScheduler(), vae=vae)
-        random_weights(reward, device).float().save_pretrained(os.path.join(folder, "reward"))
+        components = {"transformer": transformer, "vae": vae, "scheduler": FlowMatchEulerDiscreteScheduler()}
+        save_pipeline(os.path.join(folder, "model"), ["pipeline_sit", "SiTPipeline"], components, device)
+        save(reward, os.path.join(folder, "reward"), device, float32=True)
         resize, crop = config["reward_size"]
         BitImageProcessor(
             size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop},
@@ -153,16 +178,17 @@ def build(model, config, size, folder, device):
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**config["unet"]), AutoencoderKL(**config["vae"])
         text_encoder, text_encoder_2 = CLIPTextModel(text_configs[0]), CLIPTextModelWithProjection(text_configs[1])
-    StableDiffusionXLPipeline(
-        vae=random_weights(vae, device), text_encoder=random_weights(text_encoder, device),
-        text_encoder_2=random_weights(text_encoder_2, device), tokenizer=tokenizer, tokenizer_2=tokenizer,
-        unet=random_weights(unet, device), scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
-    ).save_pretrained(os.path.join(folder, "model"))  # fmt: skip
+    components = {
+        "unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer, "tokenizer_2": tokenizer,
+        "scheduler": EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    }  # fmt: skip
+    save_pipeline(os.path.join(folder, "model"), "StableDiffusionXLPipeline", components, device)
     with open(os.path.join(folder, "prompts.txt"), "w") as f:
         f.write("a photo of a cat\na watercolor of a lighthouse at dawn\n")
     flags = ["--prompts_file", os.path.join(folder, "prompts.txt"), "--resolution", str(config["resolution"])]
     if size == "tiny":  # a tiny CLIP reward; the full run scores with HPSv2's ViT-H-14
-        reward = tiny_clip_reward(folder, tokenizer, config["text_encoder"]["hidden_size"])
+        reward = tiny_clip_reward(folder, tokenizer, config["text_encoder"]["hidden_size"], device)
         return flags + ["--reward", "clip", "--reward_model_name_or_path", reward, "--reward_resolution", "32"]
     return flags + [
         "--reward",
@@ -175,7 +201,7 @@ def build(model, config, size, folder, device):
 
 def build_wan(config, size, folder, device):
     """A Wan2.1 T2V pipeline (a small Unigram tokenizer; see CONFIGS) and an image reward scored on frames."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
     words = ["▁a", "▁cat", "▁surfing", "▁wave", "▁lighthouse", "▁at", "▁dawn", "▁", "a", "c", "t", "s", "w"]
@@ -185,24 +211,24 @@ def build_wan(config, size, folder, device):
     with torch.device("meta"):
         transformer, vae = WanTransformer3DModel(**config["transformer"]), AutoencoderKLWan(**config["vae"])
         text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **config["text_encoder"]))
-    WanPipeline(
-        tokenizer=tokenizer, text_encoder=random_weights(text_encoder, device), vae=random_weights(vae, device),
-        transformer=random_weights(transformer, device),
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
-    ).save_pretrained(os.path.join(folder, "model"))  # fmt: skip
+    components = {
+        "tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
+        "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+    }  # fmt: skip
+    save_pipeline(os.path.join(folder, "model"), "WanPipeline", components, device)
     with open(os.path.join(folder, "prompts.txt"), "w") as f:
         f.write("a cat surfing a wave\na lighthouse at dawn\n")
     height, width, frames = config["video"]
     flags = ["--prompts_file", os.path.join(folder, "prompts.txt"), "--height", str(height), "--width", str(width),
              "--num_frames", str(frames), "--text_encoder_device", "cpu"]  # fmt: skip
     if size == "tiny":
-        return flags + ["--max_sequence_length", "8", "--reward", "frames:clip", "--reward_model_name_or_path",
-                        tiny_clip_reward(folder, tokenizer=clip_tokenizer(os.path.join(folder, "vocab")), text_width=32)]  # fmt: skip
+        reward = tiny_clip_reward(folder, clip_tokenizer(os.path.join(folder, "vocab")), 32, device)
+        return flags + ["--max_sequence_length", "8", "--reward", "frames:clip", "--reward_model_name_or_path", reward]
     return flags + ["--reward", "frames:hpsv2", "--reward_model_name_or_path", hps_checkpoint(folder, device),
                     "--gradient_checkpointing", "--microbatch_size", "1", "--use_8bit_adam"]  # fmt: skip
 
 
-def tiny_clip_reward(folder, tokenizer, text_width):
+def tiny_clip_reward(folder, tokenizer, text_width, device):
     """A tiny transformers CLIP reward folder; returns its path."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -211,35 +237,40 @@ def tiny_clip_reward(folder, tokenizer, text_width):
     vision_config = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                      "image_size": 32, "patch_size": 8}  # fmt: skip
     path = os.path.join(folder, "reward")
-    CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=8)).save_pretrained(path)
+    with torch.device("meta"):
+        reward = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=8))
+    save(reward, path, device, float32=True)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
 
 
 def hps_checkpoint(folder, device):
-    """HPSv2's ViT-H-14 with random weights, saved as HPSv2 saves its checkpoints; returns its path."""
+    """HPSv2's ViT-H-14 with random weights, saved as HPSv2 saves its checkpoints (``{"state_dict": ...}``; with
+    ``device`` None, an empty state dict); returns its path."""
     import open_clip
 
     with torch.device("meta"):
         hps = open_clip.create_model("ViT-H-14", pretrained=None, device="meta")
+    state_dict = random_weights(hps, device, float32=True).state_dict() if device else {}
     path = os.path.join(folder, "hps.pt")
-    torch.save({"state_dict": random_weights(hps, device).float().state_dict()}, path)
+    torch.save({"state_dict": state_dict}, path)
     return path
 
 
-def run_trainer(model, folder, flags, operator, args):
-    """One short run; returns the trainer's closing 'Median step time: ...' report (first steps excluded).
-    The dmd run is what a DMD2 user pays: no sharpening and no reward (nothing decoded or scored)."""
+def run_trainer(model, folder, flags, operator, args, name=None, extra=()):
+    """One short run into ``folder/out-<name or operator>``; returns the trainer's closing 'Median step time: ...'
+    report (first steps excluded). The dmd run is what a DMD2 user pays: no sharpening and no reward (nothing
+    decoded or scored). ``extra`` flags come last, so they override the others."""
     if operator == "dmd":
         flags = [*flags, "--reward", "none", "--no_sharpen"]  # argparse: the last --reward counts
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no",
         os.path.join(REPO, f"train_amd_{model}.py"), "--pretrained_model_name_or_path", os.path.join(folder, "model"), *flags,
-        "--operator", operator, "--output_dir", os.path.join(folder, f"out-{operator}"), "--max_train_steps", str(args.steps),
+        "--operator", operator, "--output_dir", os.path.join(folder, f"out-{name or operator}"), "--max_train_steps", str(args.steps),
         "--train_batch_size", str(args.train_batch_size), "--group_size", str(args.group_size), "--lora_rank", str(args.lora_rank),
         "--validation_steps", str(args.steps + 1), "--checkpointing_steps", str(args.steps + 1), "--report_to", "none",
-        "--mixed_precision", "no" if args.device == "cpu" else "bf16", "--allow_tf32", "--lr_warmup_steps", "0",
+        "--mixed_precision", "no" if args.device == "cpu" else "bf16", "--allow_tf32", "--lr_warmup_steps", "0", *extra,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -249,7 +280,7 @@ def run_trainer(model, folder, flags, operator, args):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     found = re.search(r"Median step time: (.*)", result.stdout + result.stderr)
     if result.returncode != 0 or not found:
-        raise SystemExit(f"the {operator} run failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"the {name or operator} run failed:\n{result.stderr[-3000:]}")
     return found.group(1).strip()
 
 
