@@ -150,6 +150,21 @@ def clip_tokenizer(folder):
     return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
 
 
+def t5_tokenizer(pieces):
+    """A T5 tokenizer over ``pieces`` ([(piece, log-probability)], after <pad>, </s> and <unk>), built with the
+    tokenizers library as T5's tokenizer.json is (a Unigram model, Metaspace, "</s>" appended): no download, and no
+    sentencepiece file, which transformers 4.48's T5Tokenizer needs (5's takes a vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    unigram = Tokenizer(models.Unigram([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces], unk_id=2))
+    unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
+
+
 def build(model, config, size, folder, device):
     """The model folder (``folder/model``) and the reward the trainer reads, every network built on the meta device
     from ``config`` and saved with random weights on ``device`` (None: configs only, see :func:`save`); returns the
@@ -202,12 +217,10 @@ def build(model, config, size, folder, device):
 def build_wan(config, size, folder, device):
     """A Wan2.1 T2V pipeline (a small Unigram tokenizer; see CONFIGS) and an image reward scored on frames."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
     words = ["▁a", "▁cat", "▁surfing", "▁wave", "▁lighthouse", "▁at", "▁dawn", "▁", "a", "c", "t", "s", "w"]
-    tokenizer = T5Tokenizer(
-        vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0) for w in words], extra_ids=0
-    )
+    tokenizer = t5_tokenizer([(w, -1.0) for w in words])
     with torch.device("meta"):
         transformer, vae = WanTransformer3DModel(**config["transformer"]), AutoencoderKLWan(**config["vae"])
         text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **config["text_encoder"]))

@@ -55,13 +55,17 @@ def estimated_gib(process):
 
 def student_change(folder):
     """The student adapter's change over the second step, one flat vector."""
-    before, after = (load_file(os.path.join(folder, f"checkpoint-{step}", "student_lora.safetensors")) for step in (1, 2))
+    before, after = (
+        load_file(os.path.join(folder, f"checkpoint-{step}", "student_lora.safetensors")) for step in (1, 2)
+    )
     return torch.cat([(after[key] - before[key]).flatten() for key in sorted(after)])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: tiny models, no memory figures.")
+    parser.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda", help="cpu: tiny models, no memory figures."
+    )
     parser.add_argument("--steps", type=int, default=6, help="Steps of each timed run (student updates at 0 and 5).")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -75,7 +79,9 @@ def main():
         flags = build("sdxl", CONFIGS["sdxl"][size], size, sdxl, args.device)
         for batch in (4, 8):
             for operator in ("dmd", "amd"):
-                run = SimpleNamespace(steps=args.steps, train_batch_size=batch, group_size=4, lora_rank=64, device=args.device)
+                run = SimpleNamespace(
+                    steps=args.steps, train_batch_size=batch, group_size=4, lora_rank=64, device=args.device
+                )
                 report = run_trainer("sdxl", sdxl, flags, operator, run, name=f"{operator}-{batch}")
                 rows.append((f"SDXL {operator}", batch, REPORT.search(report).groups(), ("sdxl", batch)))
         changes = []
@@ -89,11 +95,15 @@ def main():
         gradient_error = ((changes[1] - changes[0]).norm() / changes[0].norm()).item()
         flags = build("wan", CONFIGS["wan"][size], size, wan, args.device)
         run = SimpleNamespace(steps=2, train_batch_size=4, group_size=4, lora_rank=64, device=args.device)
-        rows.append(("Wan2.1-1.3B amd", 4, REPORT.search(run_trainer("wan", wan, flags, "amd", run)).groups(), ("wan", 4)))
+        rows.append(
+            ("Wan2.1-1.3B amd", 4, REPORT.search(run_trainer("wan", wan, flags, "amd", run)).groups(), ("wan", 4))
+        )
 
     video = "x".join(map(str, CONFIGS["wan"][size]["video"]))
     print(f"\n{size} size on {args.device}; SDXL at {CONFIGS['sdxl'][size]['resolution']} px, Wan at {video}")
-    print("| run | batch | step with a student update | fake update only | peak GPU memory | estimate | measured / estimate |")
+    print(
+        "| run | batch | step with a student update | fake update only | peak GPU memory | estimate | measured / estimate |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, batch, (student, fake, peak), key in rows:
         estimate = estimated_gib(estimates[key])

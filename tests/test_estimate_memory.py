@@ -75,6 +75,7 @@ def test_fake_weights_count_as_real_ones():
     assert peaks["fake"] == peaks["real"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["sit", "sdxl", "wan"])
 def test_the_estimate_of_a_tiny_trainer_step(model):
     result = estimate(model, "tiny", train_batch_size=4)

@@ -141,22 +141,21 @@ def tiny_wan_pipeline(path, seed=0):
     small AutoencoderKLWan (16 latent channels, 4x temporal and 8x spatial compression), a 1-layer UMT5 encoder
     and a T5 Unigram tokenizer built from a vocabulary list (no download)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from benchmarks.benchmark_step import t5_tokenizer
 
     torch.manual_seed(seed)
     words = ["▁a", "▁cat", "▁dog", "▁on", "▁mat", "▁in", "▁the", "▁snow", "▁", "a", "c", "t", "d", "o", "g", "n", "s"]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -float(i)) for i, w in enumerate(words)]
-    # Built with the tokenizers library as T5's tokenizer.json is (a Unigram model, Metaspace, "</s>" appended):
-    # transformers 4.48's T5Tokenizer needs a sentencepiece file, 5's takes the vocabulary itself.
-    unigram = Tokenizer(models.Unigram(vocab, unk_id=2))
-    unigram.pre_tokenizer, unigram.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = T5TokenizerFast(
-        tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
-    )
+    tokenizer = t5_tokenizer([(w, -float(i)) for i, w in enumerate(words)])
     text_config = UMT5Config(
-        vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
     )
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
