@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import weakref
+from unittest import mock
 
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
@@ -182,23 +183,18 @@ def fake_loading(mode, counter, off_gpu=()):
 
     create_model = open_clip.create_model
     module_load_state_dict, module_to = torch.nn.Module.load_state_dict, torch.nn.Module.to
-    patches = [
-        (diffusers.ModelMixin, "from_pretrained", classmethod(diffusers_load)),
-        (transformers.PreTrainedModel, "from_pretrained", classmethod(transformers_load)),
-        (open_clip, "create_model", open_clip_create),
-        (torch.nn.Module, "load_state_dict", load_state_dict),
-        (torch.nn.Module, "to", to),
-        (torch.optim, "AdamW", functools.partial(torch.optim.AdamW, foreach=True)),
-    ]
-    originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
     loaded = {}
-    try:
-        for owner, name, value in patches:
-            setattr(owner, name, value)
+    with contextlib.ExitStack() as stack:
+        for owner, name, value in [
+            (diffusers.ModelMixin, "from_pretrained", classmethod(diffusers_load)),
+            (transformers.PreTrainedModel, "from_pretrained", classmethod(transformers_load)),
+            (open_clip, "create_model", open_clip_create),
+            (torch.nn.Module, "load_state_dict", load_state_dict),
+            (torch.nn.Module, "to", to),
+            (torch.optim, "AdamW", functools.partial(torch.optim.AdamW, foreach=True)),
+        ]:
+            stack.enter_context(mock.patch.object(owner, name, value))
         yield loaded
-    finally:
-        for owner, name, value in originals:
-            setattr(owner, name, value)
 
 
 def run_trainer(model, flags, mode, counter):
@@ -207,24 +203,21 @@ def run_trainer(model, flags, mode, counter):
     from accelerate.state import AcceleratorState, GradientState
 
     trainer = importlib.import_module(f"train_amd_{model}")
-    skipped = {name: lambda *args, **kwargs: None for name in ("save_outputs", "save_and_log_grid",
-                                                                "save_and_log_video_grid") if hasattr(trainer, name)}  # fmt: skip
-    originals = {name: getattr(trainer, name) for name in skipped}
+    writers = ("save_outputs", "save_and_log_grid", "save_and_log_video_grid")
+    skipped = {name: lambda *args, **kwargs: None for name in writers if hasattr(trainer, name)}
     args = trainer.parse_args(flags)
     off_gpu = ("UMT5EncoderModel",) if getattr(args, "text_encoder_device", None) == "cpu" else ()
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU")
-    os.environ["ACCELERATE_USE_CPU"] = "true"  # fake tensors live on the CPU, even where there is a GPU
     try:
-        vars(trainer).update(skipped)
-        with fake_loading(mode, counter, off_gpu) as loaded, mode, counter:
+        with (
+            mock.patch.multiple(trainer, **skipped),
+            mock.patch.dict(os.environ, ACCELERATE_USE_CPU="true"),  # fake tensors live on the CPU, GPU or not
+            fake_loading(mode, counter, off_gpu) as loaded,
+            mode,
+            counter,
+        ):
             trainer.main(args)
         return loaded
     finally:
-        vars(trainer).update(originals)
-        if use_cpu is None:
-            del os.environ["ACCELERATE_USE_CPU"]
-        else:
-            os.environ["ACCELERATE_USE_CPU"] = use_cpu
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
@@ -232,8 +225,8 @@ def run_trainer(model, flags, mode, counter):
 def estimate(model, size="full", train_batch_size=None, lora_rank=None, wan_size="1.3B", extra_flags=()):
     """Peak bytes of ``model``'s trainer over two steps that update both adapters, with ``benchmark_step.py``'s
     flags (bf16, TF32, K = 4; for SDXL and Wan gradient checkpointing, for Wan ``--microbatch_size 1``, 8-bit Adam and
-    UMT5 on the CPU) and ``extra_flags`` after them. Returns ``{"peak": bytes, "weights": bytes}``, the frozen
-    networks' weights (base, VAE, text encoders, reward) being counted in both."""
+    UMT5 on the CPU) and ``extra_flags`` after them. Returns ``{"peak": bytes, "loaded": {class name: bytes}}``, the
+    second the frozen networks on the GPU (base, VAE, text encoders, reward), which the peak includes."""
     config = CONFIGS[model][size]
     if model == "wan" and size == "full" and wan_size == "14B":
         config = {**config, **CONFIGS["wan"]["full-14b"]}
@@ -243,7 +236,7 @@ def estimate(model, size="full", train_batch_size=None, lora_rank=None, wan_size
     with tempfile.TemporaryDirectory() as folder:
         flags = build(model, config, size, folder, device=None)
         flags += [
-            "--pretrained_model_name_or_path", os.path.join(folder, "model"), "--output_dir", os.path.join(folder, "out"),
+            "--pretrained_model_name_or_path", os.path.join(folder, "model"), "--output_dir", os.path.join(folder, "o"),
             "--train_batch_size", str(train_batch_size), "--group_size", "4", "--lora_rank", str(lora_rank),
             "--max_train_steps", "2", "--fake_update_ratio", "1", "--validation_steps", "1000",
             "--checkpointing_steps", "1000", "--report_to", "none", "--mixed_precision", "bf16", "--allow_tf32",
