@@ -39,17 +39,21 @@ GRADIENT_FLAGS = ["--max_train_steps", "2", "--fake_update_ratio", "1", "--check
 
 
 def start_estimate(model, size, batch):
-    """benchmarks/estimate_memory.py in another process (on the CPU); returns it."""
+    """benchmarks/estimate_memory.py in another process (on the CPU), its output into a temporary file; returns
+    both."""
     command = [sys.executable, os.path.join(REPO, "benchmarks", "estimate_memory.py"), "--model", model, "--size", size,
                "--train_batch_size", str(batch)]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    output = tempfile.TemporaryFile(mode="w+")
+    return subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True), output
 
 
-def estimated_gib(process):
-    out, err = process.communicate()
-    found = re.search(r"^peak ([\d.]+) GiB", out, re.M)
+def estimated_gib(process, output):
+    process.wait()
+    output.seek(0)
+    text = output.read()
+    found = re.search(r"^peak ([\d.]+) GiB", text, re.M)
     if process.returncode != 0 or not found:
-        raise SystemExit(f"an estimate failed:\n{err[-3000:]}")
+        raise SystemExit(f"an estimate failed:\n{text[-3000:]}")
     return float(found.group(1))
 
 
@@ -101,12 +105,11 @@ def main():
 
     video = "x".join(map(str, CONFIGS["wan"][size]["video"]))
     print(f"\n{size} size on {args.device}; SDXL at {CONFIGS['sdxl'][size]['resolution']} px, Wan at {video}")
-    print(
-        "| run | batch | step with a student update | fake update only | peak GPU memory | estimate | measured / estimate |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    columns = ["run", "batch", "step with a student update", "fake update only", "peak GPU memory", "estimate",
+               "measured / estimate"]  # fmt: skip
+    print("| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
     for name, batch, (student, fake, peak), key in rows:
-        estimate = estimated_gib(estimates[key])
+        estimate = estimated_gib(*estimates[key])
         ratio = f"{float(peak) / estimate:.2f}" if peak else "-"
         memory = f"{peak} GiB" if peak else "- (CPU)"
         print(f"| {name} | {batch} | {student} s | {fake} s | {memory} | {estimate:.2f} GiB | {ratio} |")
