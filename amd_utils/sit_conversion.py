@@ -14,10 +14,10 @@ The two hold the same network under different names:
 
 diffusers keeps a copy of the time and label embedders in every block (the final layer uses block 0's), so
 those weights are repeated. ``pos_embed`` is not carried over: diffusers recomputes the same fixed 2D sin-cos
-table, which the conversion checks (up to the small drift SiT's EMA leaves in the released checkpoints). Two differences are not in the weights: the config sets ``norm_eps=1e-6``
-(SiT's LayerNorms; diffusers defaults to 1e-5 for the norm before the MLP), and diffusers' time projection
-uses a frequency shift SiT does not have, which ``amd_utils.pipeline_sit.use_sit_time_embedding`` removes
-after every load.
+table, which the conversion checks (up to the small drift SiT's EMA leaves in the released checkpoints). Two
+differences are not in the weights: the config sets ``norm_eps=1e-6`` (SiT's LayerNorms; diffusers defaults to
+1e-5 for the norm before the MLP), and diffusers' time projection uses a frequency shift SiT does not have, which
+``amd_utils.pipeline_sit.use_sit_time_embedding`` removes after every load.
 """
 
 import argparse
@@ -134,7 +134,7 @@ def infer_dit_config(state_dict, num_attention_heads):
     }
 
 
-# How far SiT's EMA moves its frozen pos_embed, relative to each entry. SiT's train.py (willisma/SiT, update_ema)
+# How far SiT's EMA moves its frozen pos_embed, relative to each entry. SiT's train.py (willisma/SiT, update_ema())
 # also averages pos_embed (a frozen Parameter is still in named_parameters(); its TODO warns of "small numerical
 # changes of pos_embed"), in float32: e <- fl(fl(e * d) + fl(x * a)) with d = fl32(0.9999), a = fl32(1 - 0.9999).
 # The two do not sum to 1, which pulls e to x * a / (1 - d) = x * (1 - 1.66e-4); rounding can hold e at most
