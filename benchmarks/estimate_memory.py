@@ -15,8 +15,8 @@ the fake networks (``from_pretrained``, ``open_clip.create_model``); writing ima
 What the count does not see, and a real GPU run adds: the CUDA context, cuDNN and cuBLAS workspaces, the caching
 allocator's reserved-but-unallocated memory and fragmentation, NCCL buffers. The kernels differ too: on fake CPU
 tensors attention dispatches to the flash kernel for CPU, which keeps what CUDA's fused kernels keep (the output
-and a log-sum-exp), and autocast is the CPU's. ``--calibrate`` compares with the one measurement there is (SDXL on
-an H200).
+and a log-sum-exp), and autocast is the CPU's. The README compares the estimates with the measurements there are
+(SDXL and SiT on an H200); benchmarks/gpu_acceptance.py prints them beside new ones.
 
 Fake tensors are an internal PyTorch API: tested on torch 2.14.1; on 2.5.1 the trainer's step fails inside FakeTensor.
 """
@@ -43,9 +43,6 @@ sys.path.insert(0, REPO)
 
 GIB = 2**30
 BLOCK = 512  # the CUDA caching allocator rounds every allocation up to a multiple of 512 bytes
-# The one measurement on a GPU (README, "Distilling SDXL"): benchmark_step.py --model sdxl --device cuda on an H200,
-# torch.cuda.max_memory_allocated() over the run.
-MEASURED_GIB = {("sdxl", 4): 19.9, ("sdxl", 8): 23.7}
 
 
 class LiveStorages(TorchDispatchMode):
