@@ -52,7 +52,7 @@ def use_adapter(model, name):
 def unsharded(tensor):
     """The whole of ``tensor``: gathered from every process when FSDP has sharded it (a DTensor: a collective that
     every process must call in the same order); ``tensor`` itself otherwise."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # no DTensor import: torch < 2.5
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # only a DTensor has full_tensor()
 
 
 def sharded_like(tensor, param):
