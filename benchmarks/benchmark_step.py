@@ -98,6 +98,11 @@ CONFIGS = {
 }  # fmt: skip
 
 
+# What each run defaults to: the batch and LoRA rank of the measured GPU runs (README).
+TRAIN_BATCH_SIZE = {"sit": 32, "sdxl": 4, "wan": 4}
+LORA_RANK = {"sit": 32, "sdxl": 64, "wan": 64}
+
+
 def random_weights(module, device, float32=False):
     """Materialize a module built on the meta device with N(0, 0.02) weights (speed and memory, not quality), in
     bf16 on CUDA unless ``float32`` (rewards are loaded in float32)."""
@@ -336,8 +341,8 @@ def main():
     parser.add_argument("--wan_size", choices=["1.3B", "14B"], default="1.3B", help="The Wan transformer run on CUDA.")
     parser.add_argument("--operators", nargs="+", default=["dmd", "amd"])
     args = parser.parse_args()
-    args.train_batch_size = args.train_batch_size or (32 if args.model == "sit" else 4)
-    args.lora_rank = args.lora_rank or (32 if args.model == "sit" else 64)
+    args.train_batch_size = args.train_batch_size or TRAIN_BATCH_SIZE[args.model]
+    args.lora_rank = args.lora_rank or LORA_RANK[args.model]
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA GPU: without one, run the tiny benchmark with --device cpu.")

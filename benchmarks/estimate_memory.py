@@ -37,7 +37,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_step import CONFIGS, REPO, build  # noqa: E402
+from benchmark_step import CONFIGS, LORA_RANK, REPO, TRAIN_BATCH_SIZE, build  # noqa: E402
 
 sys.path.insert(0, REPO)
 
@@ -221,7 +221,7 @@ def run_trainer(model, flags, mode, counter):
         GradientState._reset_state()
 
 
-def estimate(model, size="full", train_batch_size=None, lora_rank=None, wan_size="1.3B", extra_flags=()):
+def estimate(model, size="full", train_batch_size=None, wan_size="1.3B", extra_flags=()):
     """Peak bytes of ``model``'s trainer over two steps that update both adapters, with ``benchmark_step.py``'s
     flags (bf16, TF32, K = 4; for SDXL and Wan gradient checkpointing, for Wan ``--microbatch_size 1``, 8-bit Adam and
     UMT5 on the CPU) and ``extra_flags`` after them. Returns ``{"peak": bytes, "loaded": {class name: bytes}}``, the
@@ -229,14 +229,13 @@ def estimate(model, size="full", train_batch_size=None, lora_rank=None, wan_size
     config = CONFIGS[model][size]
     if model == "wan" and size == "full" and wan_size == "14B":
         config = {**config, **CONFIGS["wan"]["full-14b"]}
-    train_batch_size = train_batch_size or (32 if model == "sit" else 4)
-    lora_rank = lora_rank or (32 if model == "sit" else 64)
+    train_batch_size = train_batch_size or TRAIN_BATCH_SIZE[model]
     counter = LiveStorages()
     with tempfile.TemporaryDirectory() as folder:
         flags = build(model, config, size, folder, device=None)
         flags += [
             "--pretrained_model_name_or_path", os.path.join(folder, "model"), "--output_dir", os.path.join(folder, "o"),
-            "--train_batch_size", str(train_batch_size), "--group_size", "4", "--lora_rank", str(lora_rank),
+            "--train_batch_size", str(train_batch_size), "--group_size", "4", "--lora_rank", str(LORA_RANK[model]),
             "--max_train_steps", "2", "--fake_update_ratio", "1", "--validation_steps", "1000",
             "--checkpointing_steps", "1000", "--report_to", "none", "--mixed_precision", "bf16", "--allow_tf32",
             *extra_flags,

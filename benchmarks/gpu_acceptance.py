@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_step import CONFIGS, REPO, build, run_trainer  # noqa: E402
+from benchmark_step import CONFIGS, LORA_RANK, REPO, build, run_trainer  # noqa: E402
 
 REPORT = re.compile(r"([\d.]+) s with a student update, ([\d.]+) s fake update only(?:; peak GPU memory ([\d.]+) GiB)?")
 GRADIENT_FLAGS = ["--max_train_steps", "2", "--fake_update_ratio", "1", "--checkpointing_steps", "1", "--adam_beta1",
@@ -83,14 +83,14 @@ def main():
         flags = build("sdxl", CONFIGS["sdxl"][size], size, sdxl, args.device)
         for batch in (4, 8):
             for operator in ("dmd", "amd"):
-                run = SimpleNamespace(
-                    steps=args.steps, train_batch_size=batch, group_size=4, lora_rank=64, device=args.device
-                )
+                run = SimpleNamespace(steps=args.steps, train_batch_size=batch, group_size=4,
+                                      lora_rank=LORA_RANK["sdxl"], device=args.device)  # fmt: skip
                 report = run_trainer("sdxl", sdxl, flags, operator, run, name=f"{operator}-{batch}")
                 rows.append((f"SDXL {operator}", batch, REPORT.search(report).groups(), ("sdxl", batch)))
         changes = []
         for checkpointing in (False, True):
-            run = SimpleNamespace(steps=2, train_batch_size=2, group_size=2, lora_rank=64, device=args.device)
+            run = SimpleNamespace(steps=2, train_batch_size=2, group_size=2, lora_rank=LORA_RANK["sdxl"],
+                                  device=args.device)  # fmt: skip
             plain = [flag for flag in flags if flag != "--gradient_checkpointing"]
             name = f"gradients-{checkpointing}"
             extra = [*GRADIENT_FLAGS, *(["--gradient_checkpointing"] if checkpointing else [])]
@@ -98,7 +98,7 @@ def main():
             changes.append(student_change(os.path.join(sdxl, f"out-{name}")))
         gradient_error = ((changes[1] - changes[0]).norm() / changes[0].norm()).item()
         flags = build("wan", CONFIGS["wan"][size], size, wan, args.device)
-        run = SimpleNamespace(steps=2, train_batch_size=4, group_size=4, lora_rank=64, device=args.device)
+        run = SimpleNamespace(steps=2, train_batch_size=4, group_size=4, lora_rank=LORA_RANK["wan"], device=args.device)
         rows.append(
             ("Wan2.1-1.3B amd", 4, REPORT.search(run_trainer("wan", wan, flags, "amd", run)).groups(), ("wan", 4))
         )
