@@ -26,12 +26,20 @@ from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, U
 from peft import LoraConfig
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
+from amd_utils.gan import (
+    DiscriminatorHead,
+    discriminator_loss,
+    generator_gan_loss,
+    output_of,
+    sample_gradient_surrogate,
+)
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
 from amd_utils.lora import FAKE, STUDENT, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import ddpm_add_noise, ddpm_model_target, ddpm_x0
 from amd_utils.prompts import add_prompt_arguments, check_prompt_args, load_prompts
+from amd_utils.real_images import RealImages, add_gan_arguments, check_gan_args, gan_enabled
 from amd_utils.rewards import load_reward, score
 from amd_utils.training import (
     TrainingLoop,
@@ -85,6 +93,7 @@ def parse_args(argv=None):
     )
     add_prompt_arguments(group)
     add_amd_arguments(parser)
+    add_gan_arguments(parser, "caption")
     group = parser.add_argument_group("SDXL")
     group.add_argument("--resolution", type=int, default=1024)
     group.add_argument(
@@ -117,6 +126,7 @@ def parse_args(argv=None):
     )  # fmt: skip
     args = parser.parse_args(argv)
     check_shared_args(parser, args)
+    check_gan_args(parser, args)
     check_prompt_args(parser, args)
     t = args.student_timesteps
     if any(b >= a for a, b in zip(t, t[1:])) or not 0 < t[-1] <= t[0] < 1000:
@@ -176,6 +186,18 @@ def predict_x0(model, adapter, x_t, t, condition, schedule):
     return ddpm_x0(x_t, output, schedule.alphas_cumprod, t, schedule.config.prediction_type)
 
 
+def fake_forward(network, model, x_t, t, condition):
+    """The fake teacher's UNet output and its mid-block output: the features DMD2's GAN head reads (its
+    ``classify_forward`` runs the down and mid blocks). ``network`` is ``model`` or its DDP wrapper."""
+    use_adapter(model, FAKE)
+    prompt_embeds, pooled, time_ids = condition
+    with output_of(model.mid_block) as features:
+        output = network(
+            x_t, t, encoder_hidden_states=prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+        ).sample
+    return output, features[0]
+
+
 def student_input(model, condition, schedule, student_timesteps, num_steps, shape, device):
     """DMD2's backward simulation: the student's first ``num_steps`` steps from pure noise without grad
     (predict x0, re-noise it to the next timestep with fresh noise); returns the input of the next step."""
@@ -208,14 +230,24 @@ def main(args):
         logger.info(accelerator.state, main_process_only=False)
 
         # -------------------------------------------------------------- models: one base, two adapters
-        prompts = load_prompts(args)
+        prompts = load_prompts(args) if args.prompts_file or not gan_enabled(args) else None  # else: the captions
         unet, vae, text_encoders, tokenizers, schedule, reward = load_models(args, accelerator.device, weight_dtype)
         for module in (vae, *text_encoders):
             module.requires_grad_(False).to(accelerator.device).eval()
         vae.enable_slicing()
         schedule.alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
+        latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
+        real_images, head = None, None
+        if gan_enabled(args):  # DMD2's GAN term: real latents, and a head on the fake's mid block (1280 x 32 x 32)
+            real_images = RealImages(args, "caption", args.resolution, 3, vae, accelerator)
+            prompts = prompts or real_images.conditions
+            head = DiscriminatorHead(
+                unet.config.block_out_channels[-1], latent_size // 2 ** (len(unet.config.block_out_channels) - 1)
+            )
         save_extra = functools.partial(save_student_lora, args=args)  # checkpoints hold diffusers' LoRA format too
-        unet, model, updates, global_step = prepare_adapters(accelerator, unet, LORA_TARGET_MODULES, args, save_extra)
+        unet, model, updates, global_step = prepare_adapters(
+            accelerator, unet, LORA_TARGET_MODULES, args, save_extra, head
+        )
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
             grey = torch.full(
                 (args.group_size, 3, args.reward_resolution, args.reward_resolution), 0.5, device=accelerator.device
@@ -225,7 +257,6 @@ def main(args):
         exit_bad_input(SCRIPT, error)
 
     validation_prompts = args.validation_prompts or prompts[:4]
-    latent_size = args.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
     shape = (args.train_batch_size, model.config.in_channels, latent_size, latent_size)
     num_groups = args.train_batch_size // args.group_size
     time_ids = torch.tensor(
@@ -286,6 +317,13 @@ def main(args):
                 x, x0_real_cond, x0_real_uncond, x0_fake, advantages,
                 operator=args.operator, guidance_scale=args.real_guidance_scale, sensitivity=args.sensitivity,
             )  # fmt: skip
+            if args.gan_loss_weight > 0:  # DMD2's GAN term (F_ext of Eq. 27): the fake's head judges x, noised anew
+                x_leaf = x.detach().requires_grad_()
+                t = torch.randint(0, num_train_timesteps, (shape[0],), device=accelerator.device)
+                x_t = ddpm_add_noise(x_leaf, torch.randn_like(x), schedule.alphas_cumprod, t).to(weight_dtype)
+                gan_loss = generator_gan_loss(head(fake_forward(model, model, x_t, t, condition)[1]))  # no DDP here
+                loss = loss + args.gan_loss_weight * sample_gradient_surrogate(x, gan_loss, x_leaf)
+                logs["loss/gan_generator"] = gan_loss.item()
             logs.update(updates.step(STUDENT, loss, global_step))
 
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14), over all
@@ -293,16 +331,25 @@ def main(args):
         sample = x.detach()
         t = torch.randint(0, num_train_timesteps, (shape[0],), device=accelerator.device)
         noise = torch.randn_like(sample)
-        use_adapter(model, FAKE)
-        noisy = ddpm_add_noise(sample, noise, schedule.alphas_cumprod, t).to(weight_dtype)
-        output = unet(
-            noisy,
-            t,
-            encoder_hidden_states=prompt_embeds,
-            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
-        ).sample
         target = ddpm_model_target(sample, noise, schedule.alphas_cumprod, t, schedule.config.prediction_type)
-        fake_loss = weighted_denoising_loss(output, target, fake_sample_weights(advantages, args.sharpen))
+        x_t, fake_condition = ddpm_add_noise(sample, noise, schedule.alphas_cumprod, t).to(weight_dtype), condition
+        if args.fake_gan_loss_weight > 0:  # DMD2's diffusion GAN: real latents join the batch, each at its own t
+            real, captions = real_images.batch(torch.randint(0, len(real_images), (shape[0],)).tolist())
+            t_real = torch.randint(0, num_train_timesteps, (shape[0],), device=accelerator.device)
+            real_t = ddpm_add_noise(real, torch.randn_like(real), schedule.alphas_cumprod, t_real).to(weight_dtype)
+            x_t, t = torch.cat([x_t, real_t]), torch.cat([t, t_real])
+            real_embeds, real_pooled = encode_prompts(captions, text_encoders, tokenizers)
+            fake_condition = (
+                torch.cat([prompt_embeds, real_embeds]),
+                torch.cat([pooled, real_pooled]),
+                time_ids.repeat(2, 1),
+            )
+        output, features = fake_forward(unet, model, x_t, t, fake_condition)
+        fake_loss = weighted_denoising_loss(output[: shape[0]], target, fake_sample_weights(advantages, args.sharpen))
+        if args.fake_gan_loss_weight > 0:  # the head and the fake adapter learn to tell real from generated
+            gan_loss = discriminator_loss(*updates.head(features).chunk(2))
+            fake_loss = fake_loss + args.fake_gan_loss_weight * gan_loss
+            logs["loss/gan_discriminator"] = gan_loss.item()
         logs.update(updates.step(FAKE, fake_loss, global_step))
         loop.end_step(logs, rewards, advantages)
 

@@ -25,12 +25,21 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel, FlowMatchEulerDiscre
 from peft import LoraConfig
 from safetensors.torch import save_file
 
+from amd_utils.gan import (
+    DiscriminatorHead,
+    discriminator_loss,
+    generator_gan_loss,
+    output_of,
+    sample_gradient_surrogate,
+    tokens_to_grid,
+)
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_grid
 from amd_utils.lora import FAKE, STUDENT, merged_base_state_dict, use_adapter
 from amd_utils.objective import fake_sample_weights, group_advantages, student_loss, weighted_denoising_loss
 from amd_utils.parameterization import sit_add_noise, sit_model_target, sit_x0
 from amd_utils.pipeline_sit import use_sit_time_embedding
+from amd_utils.real_images import RealImages, add_gan_arguments, check_gan_args, gan_enabled
 from amd_utils.rewards import DINOV2_CLASSIFIER, load_reward, score
 from amd_utils.sit import save_sit_pipeline
 from amd_utils.training import (
@@ -79,6 +88,7 @@ def parse_args(argv=None):
     )
     group.add_argument("--reward_model_name_or_path", default=DINOV2_CLASSIFIER)
     add_amd_arguments(parser)
+    add_gan_arguments(parser, "label")
     group = parser.add_argument_group("SiT")
     group.add_argument(
         "--real_guidance_scale",
@@ -101,6 +111,7 @@ def parse_args(argv=None):
     parser.set_defaults(output_dir="sit-amd")
     args = parser.parse_args(argv)
     check_shared_args(parser, args)
+    check_gan_args(parser, args)
     t = args.student_timesteps
     if t[0] != 0.0 or any(b <= a for a, b in zip(t, t[1:])) or t[-1] >= 1.0:
         parser.error(f"--student_timesteps must rise from 0 (pure noise) and stay below 1 (clean), got {t}.")
@@ -139,6 +150,16 @@ def predict_x0(model, adapter, x_t, t, class_labels):
     return sit_x0(x_t, velocity, t)
 
 
+def fake_forward(network, model, x_t, t, class_labels):
+    """The fake teacher's velocity and its features after the middle transformer block, as a token grid: the
+    features of the GAN head, the DiT counterpart of the UNet mid block DMD2 reads (and of the EDM UNet's
+    bottleneck, its ImageNet discriminator's input). ``network`` is ``model`` or its DDP wrapper."""
+    use_adapter(model, FAKE)
+    with output_of(model.transformer_blocks[len(model.transformer_blocks) // 2 - 1]) as features:
+        velocity = network(x_t, timestep=t, class_labels=class_labels).sample[:, : x_t.shape[1]]
+    return velocity, tokens_to_grid(features[0])
+
+
 def student_input(model, class_labels, student_timesteps, num_steps, shape, device):
     """DMD2's backward simulation: run the student's first ``num_steps`` steps from pure noise without grad
     (predict x0, re-noise it to the next timestep with fresh noise); returns the input of the next step."""
@@ -171,7 +192,17 @@ def main(args):
         channels, size = transformer.config.in_channels, transformer.config.sample_size
         if vae is not None:
             vae.requires_grad_(False).to(accelerator.device)
-        transformer, model, updates, global_step = prepare_adapters(accelerator, transformer, LORA_TARGET_MODULES, args)
+        real_images, head = None, None
+        if gan_enabled(
+            args
+        ):  # DMD2's GAN term: real images, and a head on the fake's middle (SiT-XL/2: 1152 x 16 x 16)
+            resolution = size * (2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1)
+            real_images = RealImages(args, "label", resolution, channels, vae, accelerator, num_classes)
+            head = DiscriminatorHead(transformer.config.num_attention_heads * transformer.config.attention_head_dim,
+                                     size // transformer.config.patch_size)  # fmt: skip
+        transformer, model, updates, global_step = prepare_adapters(
+            accelerator, transformer, LORA_TARGET_MODULES, args, head=head
+        )
         if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
             zeros = torch.zeros(args.group_size, channels, size, size, device=accelerator.device)
             score(
@@ -226,19 +257,33 @@ def main(args):
                 x, x0_real_cond, x0_real_uncond, x0_fake, advantages,
                 operator=args.operator, guidance_scale=args.real_guidance_scale, sensitivity=args.sensitivity,
             )  # fmt: skip
+            if args.gan_loss_weight > 0:  # DMD2's GAN term (F_ext of Eq. 27): the fake's head judges x, noised anew
+                x_leaf = x.detach().requires_grad_()
+                t = (1 - score_noise_levels(args, shape[0], accelerator.device)).to(x.dtype)
+                x_t = sit_add_noise(x_leaf, torch.randn_like(x), t)
+                gan_loss = generator_gan_loss(head(fake_forward(model, model, x_t, t, class_labels)[1]))  # no DDP here
+                loss = loss + args.gan_loss_weight * sample_gradient_surrogate(x, gan_loss, x_leaf)
+                logs["loss/gan_generator"] = gan_loss.item()
             logs.update(updates.step(STUDENT, loss, global_step))
 
         # 4. Fake teacher update: diffusion loss on the detached samples, weighted by W(a) (Eq. 14).
         sample = x.detach()
         t = (1 - score_noise_levels(args, shape[0], accelerator.device)).to(sample.dtype)
         noise = torch.randn_like(sample)
-        use_adapter(model, FAKE)
-        velocity = transformer(sit_add_noise(sample, noise, t), timestep=t, class_labels=class_labels).sample[
-            :, :channels
-        ]
+        x_t, labels = sit_add_noise(sample, noise, t), class_labels
+        if args.fake_gan_loss_weight > 0:  # DMD2's diffusion GAN: real images join the batch, each at its own level
+            real, real_labels = real_images.batch(torch.randint(0, len(real_images), (shape[0],)).tolist())
+            t_real = (1 - score_noise_levels(args, shape[0], accelerator.device)).to(sample.dtype)
+            x_t = torch.cat([x_t, sit_add_noise(real, torch.randn_like(real), t_real)])
+            t, labels = torch.cat([t, t_real]), torch.cat([labels, torch.tensor(real_labels, device=labels.device)])
+        velocity, features = fake_forward(transformer, model, x_t, t, labels)
         fake_loss = weighted_denoising_loss(
-            velocity, sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen)
+            velocity[: shape[0]], sit_model_target(sample, noise), fake_sample_weights(advantages, args.sharpen)
         )
+        if args.fake_gan_loss_weight > 0:  # the head and the fake adapter learn to tell real from generated
+            gan_loss = discriminator_loss(*updates.head(features).chunk(2))
+            fake_loss = fake_loss + args.fake_gan_loss_weight * gan_loss
+            logs["loss/gan_discriminator"] = gan_loss.item()
         logs.update(updates.step(FAKE, fake_loss, global_step))
         loop.end_step(logs, rewards, advantages)
 

@@ -4,11 +4,16 @@ import os
 
 from huggingface_hub import create_repo, upload_folder
 
+from .real_images import gan_enabled
+
 
 def amd_settings(args):
     """The settings every trainer's model card lists: the AMD objective's and the run's size."""
     names = ("operator", "sensitivity", "sharpen", "group_size", "real_guidance_scale", "reward", "max_train_steps")
-    return {name: getattr(args, name) for name in (*names, "train_batch_size", "learning_rate", "lora_rank")}
+    names += ("train_batch_size", "learning_rate", "lora_rank")
+    if gan_enabled(args):
+        names += ("gan_loss_weight", "fake_gan_loss_weight")
+    return {name: getattr(args, name) for name in names}
 
 
 def write_model_card(output_dir, *, base_model, title, description, usage, settings, images=(), tags=()):

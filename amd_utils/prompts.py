@@ -4,6 +4,8 @@ import csv
 import json
 import os
 
+from .real_images import gan_enabled
+
 PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
 
 
@@ -21,13 +23,17 @@ def add_prompt_arguments(group):
 
 
 def check_prompt_args(parser, args):
+    """Exactly one source of prompts; with the GAN term on (``amd_utils.real_images``), --dataset_name gives the real
+    images, whose captions are the prompts unless a --prompts_file is given."""
+    if gan_enabled(args):
+        return
     if (args.prompts_file is None) == (args.dataset_name is None):
         parser.error("give the prompts with exactly one of --prompts_file or --dataset_name.")
 
 
 def load_prompts(args):
     """The training prompts, from --prompts_file or --dataset_name; an error sentence when there are none."""
-    if args.dataset_name:
+    if args.prompts_file is None:
         from datasets import load_dataset
 
         try:

@@ -55,6 +55,7 @@ logger = get_logger(__name__)
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # complete checkpoints; one being written is "tmp-checkpoint-N"
 OPTIMIZER_FILES = ("optimizer.bin", "optimizer_1.bin")  # the student's and the fake's, named as accelerate names them
+HEAD_FILE = "gan_head.safetensors"  # the GAN discriminator head, in checkpoints of runs with the GAN term
 
 
 def add_amd_arguments(parser):
@@ -268,14 +269,15 @@ def make_accelerator(args, allow_fsdp=False):
     return accelerator, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
 
 
-def prepare_adapters(accelerator, network, target_modules, args, save_extra=None):
+def prepare_adapters(accelerator, network, target_modules, args, save_extra=None, head=None):
     """Freeze ``network``, add the ``student`` and ``fake`` adapters, turn on gradient checkpointing if asked,
     prepare it with accelerate together with both adapters' optimizers, and resume.
 
     Returns ``(network, model, updates, global_step)``: the prepared network for forwards whose gradient is
     synchronized across processes, the unwrapped ``model`` for passes without grad, the :class:`AdapterUpdates`
     and the step to start from. ``save_extra(folder, student_state_dict)`` adds a trainer's own files to every
-    checkpoint."""
+    checkpoint. A GAN discriminator ``head`` (``amd_utils.gan``) trains with the fake adapter, as a parameter
+    group of the fake's optimizer; it is prepared as a model of its own (``updates.head``) and checkpointed."""
     network.to(accelerator.device).eval()  # eval: no dropout (DiT's label dropout included)
     adapter_params = add_student_and_fake_adapters(
         network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank
@@ -285,16 +287,21 @@ def prepare_adapters(accelerator, network, target_modules, args, save_extra=None
         param.data = broadcast(param.data)
     if args.gradient_checkpointing:
         network.enable_gradient_checkpointing()
+    heads = []
+    if head is not None:
+        heads = [head.to(accelerator.device)]  # DDP copies the main process's initial head when it wraps
+        adapter_params[FAKE] = [{"params": adapter_params[FAKE]}, {"params": list(head.parameters())}]
     optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
     # One call: under FSDP accelerate shards the network and points the optimizers at the shards.
-    network, *prepared = accelerator.prepare(network, *optimizers.values(), *lr_schedulers.values())
+    network, *prepared = accelerator.prepare(network, *optimizers.values(), *lr_schedulers.values(), *heads)
     # Under DDP, passes without grad skip the wrapper: they need no gradient sync, and their number may differ
     # between processes (backward simulation), which the wrapper's per-forward collectives cannot take. (FSDP
     # does not wrap: its forwards gather the weights, so every process must run the same passes.)
     model = accelerator.unwrap_model(network)
     updates = AdapterUpdates(
-        accelerator, model, dict(zip(ADAPTERS, prepared[:2])), dict(zip(ADAPTERS, prepared[2:])), args, save_extra
-    )
+        accelerator, model, dict(zip(ADAPTERS, prepared[:2])), dict(zip(ADAPTERS, prepared[2:4])), args, save_extra,
+        prepared[4] if heads else None,
+    )  # fmt: skip
     return network, model, updates, resume(accelerator, args, updates)
 
 
@@ -333,8 +340,9 @@ class AdapterUpdates:
     trainer updates an adapter (:meth:`step`), and their checkpoints (:meth:`save`, :meth:`load`). ``model`` is
     the unwrapped network that carries the adapters."""
 
-    def __init__(self, accelerator, model, optimizers, lr_schedulers, args, save_extra=None):
+    def __init__(self, accelerator, model, optimizers, lr_schedulers, args, save_extra=None, head=None):
         self.accelerator, self.model, self.args, self.save_extra = accelerator, model, args, save_extra
+        self.head = head  # the GAN discriminator head, prepared (None without the GAN term)
         self.optimizers, self.lr_schedulers = optimizers, lr_schedulers
         # The parameters the optimizers hold: under FSDP the shards that replaced the adapters' weights.
         self.params = {
@@ -383,8 +391,9 @@ class AdapterUpdates:
 
     def save(self, folder):
         """Into ``folder``: both adapters (``student_lora.safetensors``, ``fake_lora.safetensors``), their
-        optimizers' and schedules' states (in accelerate's file names), each process's random state, and
-        ``save_extra``'s files. Sharded weights and states (FSDP) are gathered first: every process calls this.
+        optimizers' and schedules' states (in accelerate's file names), each process's random state, the GAN head
+        if any (``gan_head.safetensors``; the trainers that have one do not run under FSDP), and ``save_extra``'s
+        files. Sharded weights and states (FSDP) are gathered first: every process calls this.
 
         Not ``accelerator.save_state`` with hooks, as diffusers' examples do: under FSDP it writes the whole
         frozen base and pairs the i-th optimizer with the i-th model, and there are two optimizers to one model."""
@@ -397,6 +406,8 @@ class AdapterUpdates:
                 torch.save(state, os.path.join(folder, file_name))
             if self.save_extra is not None:
                 self.save_extra(folder, adapters[STUDENT])
+            if self.head is not None:
+                save_file(self.accelerator.unwrap_model(self.head).state_dict(), os.path.join(folder, HEAD_FILE))
         schedulers = [self.lr_schedulers[name] for name in ADAPTERS]
         save_accelerator_state(folder, [], [], schedulers, [], self.accelerator.process_index, self.accelerator.step)
 
@@ -406,6 +417,8 @@ class AdapterUpdates:
             load_lora_state_dict(self.model, name, load_file(os.path.join(folder, f"{name}_lora.safetensors")))
             state = torch.load(os.path.join(folder, file_name), map_location="cpu", weights_only=True)
             load_optimizer_state(self.optimizers[name], self.params[name], state)
+        if self.head is not None:
+            self.accelerator.unwrap_model(self.head).load_state_dict(load_file(os.path.join(folder, HEAD_FILE)))
         schedulers = [self.lr_schedulers[name] for name in ADAPTERS]
         load_accelerator_state(folder, [], [], schedulers, [], self.accelerator.process_index)
 
@@ -476,6 +489,12 @@ def resume(accelerator, args, updates):
     if not CHECKPOINT.fullmatch(name) or not os.path.isfile(os.path.join(path, f"{STUDENT}_lora.safetensors")):
         raise ValueError(f"{path!r} is not a complete checkpoint-N folder written by this trainer.")
     check_adapters_fit(updates.model, path)
+    if os.path.isfile(os.path.join(path, HEAD_FILE)) != (updates.head is not None):
+        trained, now = ("with", "without") if updates.head is None else ("without", "with")
+        raise ValueError(
+            f"{path} was trained {trained} the GAN term and this run is {now} it: resume it with the "
+            "--gan_loss_weight and --fake_gan_loss_weight it was trained with, or start a new run."
+        )
     accelerator.print(f"Resuming from {path}")
     updates.load(path)
     return int(CHECKPOINT.fullmatch(name)[1])

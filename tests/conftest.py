@@ -15,17 +15,20 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 @pytest.fixture(scope="session")
 def tiny_sit(tmp_path_factory):
-    """A tiny pixel-space SiT pipeline folder and a tiny DINOv2 reward folder."""
-    from tiny_models import tiny_dinov2_classifier, tiny_sit_pipeline
+    """A tiny pixel-space SiT pipeline folder, a tiny DINOv2 reward folder, and real images in class folders."""
+    from tiny_models import tiny_class_folders, tiny_dinov2_classifier, tiny_sit_pipeline
 
     root = tmp_path_factory.mktemp("tiny_sit")
-    return {"model": tiny_sit_pipeline(root / "sit"), "reward": tiny_dinov2_classifier(root / "reward")}
+    return {
+        "model": tiny_sit_pipeline(root / "sit"), "reward": tiny_dinov2_classifier(root / "reward"),
+        "images": tiny_class_folders(root / "images"),
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory):
-    """A tiny SDXL pipeline folder, a tiny CLIP reward folder, and prompt files (one empty)."""
-    from tiny_models import tiny_clip_folder, tiny_sdxl_pipeline
+    """A tiny SDXL pipeline folder, a tiny CLIP reward folder, prompt files (one empty), and captioned images."""
+    from tiny_models import tiny_captioned_images, tiny_clip_folder, tiny_sdxl_pipeline
 
     root = tmp_path_factory.mktemp("tiny_sdxl")
     (root / "prompts.txt").write_text("a cat\na dog\n\na cat on a mat\na dog in the snow\n")
@@ -33,6 +36,7 @@ def tiny_sdxl(tmp_path_factory):
     return {
         "model": tiny_sdxl_pipeline(root / "sdxl"), "reward": tiny_clip_folder(root / "clip"),
         "prompts": str(root / "prompts.txt"), "empty_prompts": str(root / "empty.txt"),
+        "images": tiny_captioned_images(root / "images"),
     }  # fmt: skip
 
 

@@ -50,10 +50,13 @@ def test_the_lora_loads_into_stock_sdxl_and_samples_in_4_steps(tiny_sdxl, tmp_pa
 def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_sdxl, tmp_path):
     # Not the adapters of one process at twice the batch: each process draws its own prompts and noise
     # (seeded apart) and ranks its own groups, so the two runs see different samples. DDP averages the two
-    # processes' gradients, so their adapters must stay equal, bit for bit.
+    # processes' gradients, so their adapters must stay equal, bit for bit. With the GAN term on: its head is a
+    # DDP model of its own, its features come from the network's DDP forward, and the generator's term bypasses
+    # DDP (amd_utils.gan.sample_gradient_surrogate); each process draws its own real images.
+    gan = ["--gan_loss_weight", "0.5", "--fake_gan_loss_weight", "0.5", "--train_data_dir", tiny_sdxl["images"]]
     assert_processes_agree(
         SCRIPT,
-        sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"),
+        sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1", *gan),
         tmp_path / "dump",
     )
 

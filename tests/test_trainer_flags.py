@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 from launch import checkpoint_adapters, sdxl_args, sit_args, tensorboard_scalars, train_in_process, wan_args, with_flags
+from safetensors.torch import load_file
+from tiny_models import tiny_class_folders
 
 import amd_utils.training
 import train_amd_sdxl
@@ -212,6 +214,82 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(trainer, tmp_path, monk
     assert message.endswith(f"the last good checkpoint: {out / 'checkpoint-2'}.")
 
 
+# ---------------------------------------------------------------- DMD2's GAN term (SDXL and SiT)
+
+
+@pytest.fixture(params=["sdxl", "sit"])
+def gan_trainer(request):
+    """(trainer module, its flags for the tiny fixture, the flags of the GAN term on the fixture's real images)."""
+    module, make_args, fixture = TRAINERS[request.param]
+    tiny = request.getfixturevalue(fixture)
+    return module, lambda output_dir, *extra: make_args(tiny, output_dir, *extra), ("--train_data_dir", tiny["images"])
+
+
+def gan_state_after(trainer, output_dir, steps, *flags):
+    """``adapters_after`` plus the GAN head, under the key "head"."""
+    adapters = adapters_after(trainer, output_dir, steps, *flags)
+    return {**adapters, "head": load_file(str(output_dir / f"checkpoint-{steps}" / "gan_head.safetensors"))}
+
+
+def test_zero_gan_weights_are_the_plain_path(gan_trainer, tmp_path):
+    module, args, real = gan_trainer
+    plain = adapters_after((module, args), tmp_path / "plain", 3)
+    zero = adapters_after(
+        (module, args), tmp_path / "zero", 3, "--gan_loss_weight", 0, "--fake_gan_loss_weight", 0, *real
+    )
+    for name in ("student", "fake"):
+        assert max_difference(plain, zero, name) == 0.0, name
+    assert not (tmp_path / "zero" / "checkpoint-3" / "gan_head.safetensors").exists()
+
+
+def test_the_generator_gan_weight_moves_the_student_and_not_the_fake(gan_trainer, tmp_path):
+    # One step, a student turn: the fake's update reads the student's sample from before the student's update, and
+    # the generator's term reaches the student alone (gan.sample_gradient_surrogate), so only the student differs.
+    # (Adam's first step is lr * sign(gradient): the weights must differ enough for the GAN term to flip signs.)
+    module, args, real = gan_trainer
+    low, high = (
+        gan_state_after((module, args), tmp_path / str(w), 1, "--gan_loss_weight", w, *real) for w in (1e-3, 1e3)
+    )
+    assert max_difference(low, high, "student") > 1e-4
+    assert max_difference(low, high, "fake") == 0.0 and max_difference(low, high, "head") == 0.0
+
+
+def test_the_fake_gan_weight_moves_the_fake_and_the_head(gan_trainer, tmp_path):
+    module, args, real = gan_trainer
+    low, high = (
+        gan_state_after((module, args), tmp_path / str(w), 1, "--fake_gan_loss_weight", w, *real) for w in (1e-3, 1e3)
+    )
+    assert max_difference(low, high, "fake") > 1e-4 and max_difference(low, high, "head") > 1e-4
+    assert max_difference(low, high, "student") == 0.0  # the student's update came first
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_gradient_checkpointing_gives_the_same_adapters_and_head_with_the_gan(gan_trainer, tmp_path, precision):
+    module, args, real = gan_trainer
+    flags = ("--gan_loss_weight", 0.5, "--fake_gan_loss_weight", 0.5, *real, "--mixed_precision", precision)
+    plain = gan_state_after((module, args), tmp_path / "plain", 3, *flags)
+    checkpointed = gan_state_after((module, args), tmp_path / "checkpointed", 3, *flags, "--gradient_checkpointing")
+    for name in ("student", "fake", "head"):
+        assert max_difference(plain, checkpointed, name) == 0.0, name
+
+
+def test_resume_with_the_gan_lands_where_an_uninterrupted_run_does(gan_trainer, tmp_path):
+    # The head, its Adam moments (the fake optimizer's second parameter group) and the real images drawn.
+    module, args, real = gan_trainer
+    flags = ("--gan_loss_weight", 0.5, "--fake_gan_loss_weight", 0.5, *real)
+    straight = gan_state_after((module, args), tmp_path / "straight", 4, *flags)
+    resumed = tmp_path / "resumed"
+    common = ("--fake_update_ratio", 1, "--checkpointing_steps", 2, *flags)
+    train_in_process(module, args(resumed, "--max_train_steps", 2, *common))
+    train_in_process(module, args(resumed, "--max_train_steps", 4, "--resume_from_checkpoint", "latest", *common))
+    again = {
+        **checkpoint_adapters(resumed / "checkpoint-4"),
+        "head": load_file(str(resumed / "checkpoint-4" / "gan_head.safetensors")),
+    }
+    for name in ("student", "fake", "head"):
+        assert max_difference(straight, again, name) == 0.0, name
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -290,6 +368,30 @@ BAD_INPUT = [
     ),
     ("sdxl", {"--mixed_precision": "bf16"}, "--mixed_precision bf16 needs a device with bfloat16 support"),
     (
+        "sdxl",
+        {"--gan_loss_weight": "5e-3"},
+        "--gan_loss_weight and --fake_gan_loss_weight need real images: give --train_data_dir (a folder of images) "
+        "or --dataset_name",
+    ),
+    ("sdxl", {"--fake_gan_loss_weight": "1e-2", "--train_data_dir": "<empty_dir>"}, "holds no images"),
+    (
+        "sdxl",
+        {"--fake_gan_loss_weight": "1e-2", "--train_data_dir": "<images>", "--caption_column": "caption"},
+        "has no column 'caption' (it has image, text): name one with --caption_column",
+    ),
+    ("sdxl", {"--gan_loss_weight": "-1"}, "--gan_loss_weight must be >= 0"),
+    (
+        "sit",
+        {"--fake_gan_loss_weight": "1e-2", "--train_data_dir": "<eleven_classes>"},
+        "column holds 10, not a class of this model (0 to 9)",
+    ),
+    ("sit", {"--gan_loss_weight": "5e-3", "--train_data_dir": "/no/such/images"}, "is not a folder"),
+    (
+        "sit",
+        {"--resume_from_checkpoint": "latest", "--gan_loss_weight": "5e-3", "--train_data_dir": "<images>"},
+        "<out>/checkpoint-2 was trained without the GAN term and this run is with it",
+    ),
+    (
         "sit",
         {"--pretrained_model_name_or_path": "/no/such/model"},
         "cannot load a SiT / DiT pipeline from '/no/such/model'",
@@ -335,7 +437,9 @@ def test_bad_input_exits_with_one_sentence_and_leaves_outputs_alone(
     built = {
         "<sd15>": lambda: sd15_folder(tmp_path / "sd15"), "<sit>": lambda: request.getfixturevalue("tiny_sit")["model"],
         "<sdxl>": lambda: request.getfixturevalue("tiny_sdxl")["model"], "<empty_prompts>": lambda: tiny["empty_prompts"],
-        "<file>": lambda: str(tmp_path / "file"),
+        "<file>": lambda: str(tmp_path / "file"), "<images>": lambda: tiny["images"],
+        "<empty_dir>": lambda: (tmp_path / "empty").mkdir() or str(tmp_path / "empty"),
+        "<eleven_classes>": lambda: tiny_class_folders(tmp_path / "eleven", num_classes=11, per_class=1),
     }  # fmt: skip
     change = {flag: built[value]() if value in built else value for flag, value in change.items()}
     change = {
@@ -369,7 +473,9 @@ def _files(folder):
     ],
     ids=["accelerate<1.6", "fsdp1", "8-bit-adam"],
 )
-def test_fsdp_launches_the_trainer_cannot_run_are_refused_with_one_sentence(monkeypatch, plugin, use_8bit_adam, message):
+def test_fsdp_launches_the_trainer_cannot_run_are_refused_with_one_sentence(
+    monkeypatch, plugin, use_8bit_adam, message
+):
     # accelerate builds an FSDP plugin only where there is a GPU: an Accelerator that reports one stands in for it.
     from types import SimpleNamespace
 

@@ -171,3 +171,33 @@ def tiny_wan_pipeline(path, seed=0):
     )  # fmt: skip
     pipe.save_pretrained(str(path))
     return str(path)
+
+
+def tiny_captioned_images(path, seed=0):
+    """An imagefolder of 6 random RGB images of unusual shapes, with captions in ``metadata.jsonl``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    with open(path / "metadata.jsonl", "w") as f:
+        for i, (width, height) in enumerate([(24, 18), (18, 30), (16, 16), (33, 17), (20, 21), (40, 16)]):
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": f"a photo number {i}"}) + "\n")
+    return str(path)
+
+
+def tiny_class_folders(path, num_classes=4, per_class=2, seed=0):
+    """An ImageNet-style tree: ``<class index>/<i>.png``, random greyscale images of unusual shapes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in range(num_classes):
+        (path / str(label)).mkdir(parents=True)
+        for i in range(per_class):
+            height, width = 8 + i, 12 - i
+            Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8)).save(path / str(label) / f"{i}.png")
+    return str(path)
