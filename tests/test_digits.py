@@ -1,4 +1,5 @@
-"""The digits demo and study: the within-class diversity by hand, the demo and the study on tiny budgets."""
+"""The digits demo and studies: the within-class diversity by hand, the demo, the study and the GAN study on tiny
+budgets."""
 
 import json
 import os
@@ -90,3 +91,26 @@ def test_study_runs_on_a_tiny_budget(tmp_path):
     assert "| `real_guidance_scale` | `3.0` |" in card and "| `sensitivity` | `0.25` |" in card
     for name in ("reward_vs_fd_w1.5.png", "reward_vs_fd_w3.png", "grids/w3_amd_s0.5_sharpen_seed0.png"):
         assert (out / name).exists(), name
+
+
+@pytest.mark.slow
+def test_gan_study_runs_on_a_tiny_budget(tmp_path):
+    """One GAN weight pair, one seed: the runs with and without the GAN term, and the GAN runs' real images."""
+    out = tmp_path / "gan"
+    flags = ["--output_dir", str(out), "--seeds", "0", "--gan_weights", "5e-3,1e-2", *TINY_BUDGET]
+    result = run_example("examples.digits.gan_study", flags)
+    assert "The study took" in result.stdout
+
+    runs = [row["run"] for row in json.loads((out / "results.json").read_text())["runs"] if row["seed"] is not None]
+    assert runs == [
+        "dmd warm start", "GAN 0.005/0.01, dmd warm start", "dmd, no sharpening", "amd, sharpening",
+        "GAN 0.005/0.01, dmd, no sharpening", "GAN 0.005/0.01, amd, sharpening",
+    ]  # fmt: skip
+    assert sorted(os.listdir(out / "real_digits")) == [str(label) for label in range(10)]
+    gan_runs = out / "runs" / "gan_0.005_0.01"
+    assert (gan_runs / "dmd_warmup_seed0" / "checkpoint-2" / "gan_head.safetensors").exists()
+    log = (gan_runs / "amd_sharpen_seed0.log").read_text()
+    assert "Resuming from" in log and "gan_0.005_0.01/dmd_warmup_seed0/checkpoint-2" in log
+    card = (gan_runs / "amd_sharpen_seed0" / "README.md").read_text()
+    assert "| `gan_loss_weight` | `0.005` |" in card and "| `fake_gan_loss_weight` | `0.01` |" in card
+    assert "gan_loss_weight" not in (out / "runs" / "no_gan" / "amd_sharpen_seed0" / "README.md").read_text()

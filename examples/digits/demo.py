@@ -88,13 +88,13 @@ def parse_args(argv=None):
     return args
 
 
-def plan_runs(args, runs_dir, seed, guidance, sensitivities, label=""):
+def plan_runs(args, runs_dir, seed, guidance, sensitivities, label="", gan=None):
     """Stage 1: pure DMD from the teacher, one run, checkpointed at its end. Stage 2: every (operator,
     sharpening) pair, for every sensitivity s of ``sensitivities`` (dmd ignores s: one), resumes that
     checkpoint (adapters, optimizers and random state) and trains ``finetune_steps`` more, so the runs of one
     seed differ in their objective alone. With several s, the names and folders say which; ``label``
-    prefixes the names."""
-    shared = {"seed": seed, "guidance": guidance}
+    prefixes the names. ``gan``: (generator weight, fake weight) of DMD2's GAN term in both stages, or None."""
+    shared = {"seed": seed, "guidance": guidance, "gan": gan}
     warmup = {
         **shared, "name": label + "dmd warm start", "operator": "dmd", "sharpen": False,
         "sensitivity": sensitivities[0], "dir": os.path.join(runs_dir, f"dmd_warmup_seed{seed}"),
@@ -134,6 +134,9 @@ def train_command(args, paths, run, threads):
     ]  # fmt: skip
     if run["resume"] is not None:
         command += ["--resume_from_checkpoint", run["resume"]]
+    if run["gan"] is not None:
+        command += ["--gan_loss_weight", str(run["gan"][0]), "--fake_gan_loss_weight", str(run["gan"][1])]
+        command += ["--train_data_dir", paths["real_images"]]
     return command
 
 

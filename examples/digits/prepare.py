@@ -6,18 +6,22 @@
 - ``reward/``: a small ``Dinov2ForImageClassification`` (stand-in for the paper's DINOv2 ImageNet
   classifier) trained on half the images, loaded by the trainer's ``--reward dinov2``;
 - ``judge.safetensors``: a small CNN trained on the other half, used only for evaluation (class accuracy
-  and Frechet distance features), so the metrics never reuse the reward model.
+  and Frechet distance features), so the metrics never reuse the reward model;
+- ``real_digits/``: the reward's half as PNGs in class folders, the real images of the GAN term (``gan_study.py``),
+  apart from the judge's half that FD compares with.
 
     python -m examples.digits.prepare --output_dir outputs/digits
 """
 
 import argparse
 import os
+import shutil
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from sklearn.datasets import load_digits
 from tqdm.auto import tqdm
@@ -141,6 +145,7 @@ def prepare(output_dir, teacher_steps=1000, classifier_steps=1500):
         "teacher": os.path.join(output_dir, "teacher"),
         "reward": os.path.join(output_dir, "reward"),
         "judge": os.path.join(output_dir, "judge.safetensors"),
+        "real_images": os.path.join(output_dir, "real_digits"),
     }
     os.makedirs(output_dir, exist_ok=True)
     if not os.path.exists(os.path.join(paths["teacher"], "model_index.json")):
@@ -152,7 +157,21 @@ def prepare(output_dir, teacher_steps=1000, classifier_steps=1500):
             Judge(), lambda m, x: m(x), to_unit(images[half == 1]), labels[half == 1], classifier_steps, desc="judge"
         )
         save_file(judge.state_dict(), paths["judge"])
+    if not os.path.isdir(paths["real_images"]):
+        save_class_folders(images[half == 0], labels[half == 0], paths["real_images"])
     return paths
+
+
+def save_class_folders(images, labels, folder):
+    """Digits in [-1, 1] as 8-bit greyscale PNGs in an ImageNet-style tree, ``<label>/<i>.png``: the GAN term's real
+    images (``--train_data_dir``). Written whole or not at all."""
+    partial = folder + ".tmp"
+    shutil.rmtree(partial, ignore_errors=True)
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        os.makedirs(os.path.join(partial, str(label)), exist_ok=True)
+        pixels = ((image[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, "L").save(os.path.join(partial, str(label), f"{i}.png"))
+    os.replace(partial, folder)
 
 
 def main():
