@@ -114,3 +114,5 @@ def test_gan_study_runs_on_a_tiny_budget(tmp_path):
     card = (gan_runs / "amd_sharpen_seed0" / "README.md").read_text()
     assert "| `gan_loss_weight` | `0.005` |" in card and "| `fake_gan_loss_weight` | `0.01` |" in card
     assert "gan_loss_weight" not in (out / "runs" / "no_gan" / "amd_sharpen_seed0" / "README.md").read_text()
+    table = (out / "discriminator.md").read_text().splitlines()
+    assert table[0].startswith("| GAN weights | seed | t | D(real)") and len(table) == 2 + 5  # one warm start, 5 t

@@ -43,6 +43,7 @@ METRICS = ("fd", "accuracy", "mean_reward", "diversity")
 GRID_SAMPLES_PER_CLASS = 8
 EVALUATION_SEED = 1234  # the same noise for every model
 STUDENT_SIGMAS = [1.0, 0.75, 0.5, 0.25]  # train_amd_sit.py's default --student_timesteps, as noise levels
+LORA_RANK = 16
 
 
 def add_budget_arguments(parser):
@@ -127,7 +128,7 @@ def train_command(args, paths, run, threads):
         "--sharpen" if run["sharpen"] else "--no_sharpen", "--sensitivity", str(run["sensitivity"]),
         "--real_guidance_scale", str(run["guidance"]), "--seed", str(run["seed"]), "--output_dir", run["dir"],
         "--max_train_steps", str(run["steps"]), "--train_batch_size", "64", "--group_size", "4",
-        "--learning_rate", "1e-3", "--lora_rank", "16", "--validation_steps", str(run["steps"]),
+        "--learning_rate", "1e-3", "--lora_rank", str(LORA_RANK), "--validation_steps", str(run["steps"]),
         "--validation_class_labels", *map(str, range(NUM_CLASSES)), "--report_to", "tensorboard",
         # a checkpoint at stage 1's end only
         "--checkpointing_steps", str(args.warmup_steps if run["resume"] is None else run["steps"] + 1),
@@ -287,21 +288,27 @@ def write_results(args, rows):
     return summary
 
 
+def train_and_evaluate(args, paths, warmups, finetunes, guidance_scales):
+    """Train ``plan_runs``' runs, stage 1 then stage 2, score them with the reference rows (the real digits, the
+    teacher at ``guidance_scales``) on the same noise, write the results; returns the rows."""
+    train_all(args, paths, warmups, "stage 1: the warm starts")
+    train_all(args, paths, finetunes, "stage 2: each method")
+    evaluator, real_row = real_digits_evaluator(paths)
+    sources = teacher_sources(paths, args.teacher_sampling_steps, guidance_scales)
+    rows = [real_row] + evaluate_sources(
+        args, sources + run_sources(args, warmups + finetunes), evaluator, args.seeds[0]
+    )
+    write_results(args, rows)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     paths = prepare(args.output_dir, args.teacher_steps, args.classifier_steps)
     runs_dir = os.path.join(args.output_dir, "runs")
     plans = [plan_runs(args, runs_dir, seed, args.real_guidance_scale, [args.sensitivity]) for seed in args.seeds]
     warmups, finetunes = [run for plan in plans for run in plan[0]], [run for plan in plans for run in plan[1]]
-    train_all(args, paths, warmups, "stage 1: pure DMD")
-    train_all(args, paths, finetunes, "stage 2: each method")
-
-    evaluator, real_row = real_digits_evaluator(paths)
-    sources = teacher_sources(paths, args.teacher_sampling_steps, [args.real_guidance_scale])
-    rows = [real_row] + evaluate_sources(
-        args, sources + run_sources(args, warmups + finetunes), evaluator, args.seeds[0]
-    )
-    write_results(args, rows)
+    train_and_evaluate(args, paths, warmups, finetunes, [args.real_guidance_scale])
     print(
         f"\nWrote {os.path.join(args.output_dir, 'results.md')} and the sample grids in "
         f"{os.path.join(args.output_dir, 'grids')}."

@@ -14,25 +14,37 @@ judge's half, which no run sees.
     python -m examples.digits.gan_study                            # DMD2's weights and 10x them, 3 seeds
     python -m examples.digits.gan_study --gan_weights 5e-3,1e-2 --seeds 0
 
-Writes ``<output_dir>/results.md`` (mean ± std over seeds, then one row per run) and ``results.json``, as the demo.
+Writes ``<output_dir>/results.md`` (mean ± std over seeds, then one row per run) and ``results.json``, as the demo,
+and ``discriminator.md``: how well each GAN warm start's discriminator (first seed) tells real digits from its
+student's samples, at several noise levels.
 """
 
 import argparse
 import os
 import time
 
+import torch
+from diffusers import DiTTransformer2DModel
+from safetensors.torch import load_file
+
+from amd_utils.gan import DiscriminatorHead
+from amd_utils.lora import FAKE, add_student_and_fake_adapters, load_lora_state_dict
+from amd_utils.parameterization import sit_add_noise
+from amd_utils.pipeline_sit import use_sit_time_embedding
+from amd_utils.training import HEAD_FILE
+from train_amd_sit import LORA_TARGET_MODULES, fake_forward
+
 from .demo import (
+    EVALUATION_SEED,
+    LORA_RANK,
     add_budget_arguments,
     check_budget_arguments,
-    evaluate_sources,
+    load_pipeline,
     plan_runs,
-    real_digits_evaluator,
-    run_sources,
-    teacher_sources,
-    train_all,
-    write_results,
+    train_and_evaluate,
 )
-from .prepare import prepare
+from .evaluate import sample_per_class
+from .prepare import NUM_CLASSES, load_data, prepare
 
 KEPT = {("dmd", False), ("amd", True)}  # (operator, sharpening) of the second stage
 
@@ -62,10 +74,8 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    start = time.monotonic()
-    paths = prepare(args.output_dir, args.teacher_steps, args.classifier_steps)
+def plan_study(args):
+    """The warm starts and the kept second-stage runs, without the GAN term and with each pair of weights."""
     warmups, finetunes = [], []
     for gan in [None, *args.gan_weights]:
         label = "" if gan is None else f"GAN {gan[0]:g}/{gan[1]:g}, "
@@ -76,15 +86,56 @@ def main(argv=None):
             )
             warmups += warmup
             finetunes += [run for run in finetune if (run["operator"], run["sharpen"]) in KEPT]
-    train_all(args, paths, warmups, "stage 1: the warm starts")
-    train_all(args, paths, finetunes, "stage 2: each method")
+    return warmups, finetunes
 
-    evaluator, real_row = real_digits_evaluator(paths)
-    sources = teacher_sources(paths, args.teacher_sampling_steps, [args.real_guidance_scale])
-    rows = [real_row] + evaluate_sources(
-        args, sources + run_sources(args, warmups + finetunes), evaluator, args.seeds[0]
-    )
-    write_results(args, rows)
+
+@torch.no_grad()
+def discriminator_table(args, paths, warmups, samples=500):
+    """How well each GAN warm start's discriminator (its fake adapter and head, from its last checkpoint) tells the
+    real digits it trained on from its own student's samples, at several SiT times t (1 clean): mean D on each,
+    and the balanced accuracy of the sign of the logit. A markdown table."""
+    images, labels, half = load_data()
+    real, real_labels = images[half == 0][:samples], labels[half == 0][:samples]
+    lines = ["| GAN weights | seed | t | D(real) | D(generated) | balanced accuracy |", "|---|---|---|---|---|---|"]
+    for run in (run for run in warmups if run["gan"] is not None and run["seed"] == args.seeds[0]):
+        checkpoint = os.path.join(run["dir"], f"checkpoint-{args.warmup_steps}")
+        model = DiTTransformer2DModel.from_pretrained(paths["teacher"], subfolder="transformer").eval()
+        use_sit_time_embedding(model)
+        add_student_and_fake_adapters(model, LORA_TARGET_MODULES, LORA_RANK)
+        load_lora_state_dict(model, FAKE, load_file(os.path.join(checkpoint, "fake_lora.safetensors")))
+        config = model.config
+        head = DiscriminatorHead(
+            config.num_attention_heads * config.attention_head_dim, config.sample_size // config.patch_size
+        )
+        head.load_state_dict(load_file(os.path.join(checkpoint, HEAD_FILE)))
+        generated, generated_labels = sample_per_class(
+            load_pipeline(run["dir"]), samples // NUM_CLASSES, seed=EVALUATION_SEED
+        )
+        torch.manual_seed(0)
+        for t in (0.98, 0.9, 0.7, 0.5, 0.2):
+            logits = []
+            for x, y in ((real, real_labels), (generated * 2 - 1, generated_labels)):
+                t_batch = torch.full((len(x),), t)
+                logits.append(
+                    head(fake_forward(model, model, sit_add_noise(x, torch.randn_like(x), t_batch), t_batch, y)[1])
+                )
+            accuracy = ((logits[0] > 0).double().mean() + (logits[1] <= 0).double().mean()).item() / 2
+            d_real, d_generated = (torch.sigmoid(logit).mean().item() for logit in logits)
+            weights = f"{run['gan'][0]:g} / {run['gan'][1]:g}"
+            lines.append(f"| {weights} | {run['seed']} | {t:g} | {d_real:.3f} | {d_generated:.3f} | {accuracy:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.monotonic()
+    paths = prepare(args.output_dir, args.teacher_steps, args.classifier_steps)
+    warmups, finetunes = plan_study(args)
+    train_and_evaluate(args, paths, warmups, finetunes, [args.real_guidance_scale])
+    table = discriminator_table(args, paths, warmups)
+    with open(os.path.join(args.output_dir, "discriminator.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
     minutes, seconds = divmod(round(time.monotonic() - start), 60)
     print(f"\nThe study took {minutes} min {seconds} s. Wrote {os.path.join(args.output_dir, 'results.md')}.")
 

@@ -22,17 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .demo import (  # noqa: E402
-    add_budget_arguments,
-    check_budget_arguments,
-    evaluate_sources,
-    plan_runs,
-    real_digits_evaluator,
-    run_sources,
-    teacher_sources,
-    train_all,
-    write_results,
-)
+from .demo import add_budget_arguments, check_budget_arguments, plan_runs, train_and_evaluate  # noqa: E402
 from .prepare import prepare  # noqa: E402
 
 
@@ -95,15 +85,7 @@ def main(argv=None):
             warmup, finetune = plan_runs(args, runs_dir, seed, w, args.sensitivities, label=f"w = {w:g}, ")
             warmups += warmup
             finetunes += finetune
-    train_all(args, paths, warmups, "stage 1: pure DMD at every w")
-    train_all(args, paths, finetunes, "stage 2: each method")
-
-    evaluator, real_row = real_digits_evaluator(paths)
-    sources = teacher_sources(paths, args.teacher_sampling_steps, args.guidance_scales)
-    rows = [real_row] + evaluate_sources(
-        args, sources + run_sources(args, warmups + finetunes), evaluator, args.seeds[0]
-    )
-    write_results(args, rows)
+    rows = train_and_evaluate(args, paths, warmups, finetunes, args.guidance_scales)
     figures = [plot_reward_against_fd(args, rows, w) for w in args.guidance_scales]
     minutes, seconds = divmod(round(time.monotonic() - start), 60)
     print(
