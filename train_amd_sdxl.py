@@ -11,7 +11,9 @@ One frozen ``UNet2DConditionModel`` carries two LoRA adapters: ``student`` (the 
 ``fake`` (the fake teacher); with adapters disabled it is the real teacher, guided with all-zero
 unconditional embeddings (DMD2's SDXL recipe). DDPM epsilon prediction, clean estimates in float64
 (``amd_utils.parameterization``). A step updates the fake teacher; every ``--fake_update_ratio``-th step
-also updates the student. The output folder holds ``pytorch_lora_weights.safetensors`` for
+also updates the student. With ``--gan_loss_weight`` / ``--fake_gan_loss_weight`` and real images
+(``--train_data_dir``), DMD2's GAN term joins both losses: a discriminator head on the fake's mid block
+(``amd_utils.gan``). The output folder holds ``pytorch_lora_weights.safetensors`` for
 ``StableDiffusionXLPipeline.load_lora_weights`` and a model card with the 4-step loading snippet.
 """
 

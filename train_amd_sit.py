@@ -10,6 +10,8 @@ One frozen ``DiTTransformer2DModel`` carries two LoRA adapters: ``student`` (the
 ``fake`` (the fake teacher); with adapters disabled it is the real teacher. SiT's interpolant:
 ``x_t = t x0 + (1 - t) noise``, t = 1 clean, velocity ``x0 - noise`` (``amd_utils.parameterization``).
 A step updates the fake teacher; every ``--fake_update_ratio``-th step also updates the student.
+With ``--gan_loss_weight`` / ``--fake_gan_loss_weight`` and real images (``--train_data_dir``, class folders),
+DMD2's GAN term joins both losses: a discriminator head on the fake's middle block (``amd_utils.gan``).
 The output folder loads with ``DiffusionPipeline.from_pretrained(output_dir, trust_remote_code=True)``
 and samples in the student's steps. Convert an original SiT checkpoint with
 ``scripts/convert_sit_to_diffusers.py`` first.
