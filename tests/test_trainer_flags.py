@@ -261,6 +261,13 @@ def test_the_fake_gan_weight_moves_the_fake_and_the_head(gan_trainer, tmp_path):
     )
     assert max_difference(low, high, "fake") > 1e-4 and max_difference(low, high, "head") > 1e-4
     assert max_difference(low, high, "student") == 0.0  # the student's update came first
+    # The head trains only: the outputs hold the same tensors as a run without the GAN term's.
+    adapters_after((module, args), tmp_path / "plain", 1)
+    for output in ("pytorch_lora_weights.safetensors", "student_lora/adapter_model.safetensors",
+                   "transformer/diffusion_pytorch_model.safetensors"):  # fmt: skip
+        if (tmp_path / "plain" / output).exists():
+            plain, gan = (load_file(str(tmp_path / run / output)) for run in ("plain", "1000.0"))
+            assert {k: v.shape for k, v in gan.items()} == {k: v.shape for k, v in plain.items()}, output
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
