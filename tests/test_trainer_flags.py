@@ -270,6 +270,21 @@ def test_the_fake_gan_weight_moves_the_fake_and_the_head(gan_trainer, tmp_path):
             assert {k: v.shape for k, v in gan.items()} == {k: v.shape for k, v in plain.items()}, output
 
 
+def test_without_a_prompts_file_the_captions_are_the_prompts(tiny_sdxl, tmp_path, monkeypatch):
+    # As in DMD2, whose prompts and real images are LAION's: here the real images' captions, also for validation.
+    encoded = []
+    original = train_amd_sdxl.encode_prompts
+    monkeypatch.setattr(
+        train_amd_sdxl, "encode_prompts", lambda prompts, *rest: encoded.extend(prompts) or original(prompts, *rest)
+    )
+    args = with_flags(
+        sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", 2, "--fake_gan_loss_weight", "1e-2"),
+        {"--prompts_file": None, "--train_data_dir": tiny_sdxl["images"], "--validation_steps": "2"},
+    )
+    train_in_process(train_amd_sdxl, args)
+    assert encoded and set(encoded) <= {f"a photo number {i}" for i in range(6)}
+
+
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_gradient_checkpointing_gives_the_same_adapters_and_head_with_the_gan(gan_trainer, tmp_path, precision):
     module, args, real = gan_trainer
