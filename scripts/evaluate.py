@@ -9,13 +9,19 @@
     # SiT: FID and Inception Score against ImageNet-train statistics (App. B)
     python scripts/evaluate.py --pretrained_model_name_or_path sit-xl-2-256 --student amd=sit-amd \\
         --num_samples 50000 --metrics fid is --fid_reference imagenet_train_256.npz --output_dir eval-sit
+    # Wan2.1: frame rewards (or a video reward module:function) on 81-frame videos, written as MP4
+    python scripts/evaluate.py --pretrained_model_name_or_path Wan-AI/Wan2.1-T2V-1.3B-Diffusers \\
+        --student amd=wan-amd-4step --prompts_file prompts.txt --num_samples 100 --output_dir eval-wan
 
 Rows: the teacher at ``--teacher_steps`` with CFG ``--teacher_guidance_scale``, then every ``--student``, each
 sampled as its model card says (SDXL LoRA: LCMScheduler at the card's ``student_timesteps``, no guidance; SiT
-folder: its own scheduler and noise levels). Sample i of every row uses prompt (or class) i and seed
-``--seed + i``. Samples are written to ``<output_dir>/samples/<row>/`` as they are made; a rerun skips those on
-disk. Writes ``results.md`` (a row per model, a column per metric), ``results.json`` (the same and the
-settings) and ``grid.png`` (a row per model, the same prompt and seed per column).
+folder: its own scheduler and noise levels; Wan LoRA: the scheduler it ships in ``scheduler/``, the card's
+``num_student_steps``, ``guidance_scale=1.0``). Sample i of every row uses prompt (or class) i and seed
+``--seed + i``, also as the global seed for Wan, whose stochastic scheduler draws from it. Samples are written to
+``<output_dir>/samples/<row>/`` as they are made (videos as MP4 through imageio-ffmpeg, as diffusers'
+``export_to_video`` writes them); a rerun skips those on disk. Writes ``results.md`` (a row per model, a column
+per metric), ``results.json`` (the same and the settings) and ``grid.png`` (a row per model, the same prompt and
+seed per column; for videos their middle frames, and ``grid.gif`` the whole videos).
 """
 
 import argparse
@@ -38,20 +44,25 @@ from tqdm.auto import tqdm  # noqa: E402
 from amd_utils.images import image_grid  # noqa: E402
 from amd_utils.metrics import feature_statistics, frechet_distance, inception_score  # noqa: E402
 from amd_utils.prompts import add_prompt_arguments, load_prompts  # noqa: E402
-from amd_utils.rewards import load_reward  # noqa: E402
+from amd_utils.rewards import load_reward, load_video_reward  # noqa: E402
 
 REWARD_METRICS = ("hpsv2", "pickscore", "clip", "dinov2", "imagereward")
 SET_METRICS = ("fid", "is")  # computed from Inception features of the whole set
-DEFAULT_METRICS = {"sdxl": ["hpsv2", "pickscore", "imagereward"], "sit": ["fid", "is"]}
+DEFAULT_METRICS = {
+    "sdxl": ["hpsv2", "pickscore", "imagereward"], "sit": ["fid", "is"],
+    "wan": ["frames:hpsv2", "frames:pickscore", "frames:clip"],
+}  # fmt: skip
 # The teacher row's defaults: the CFG each trainer distils towards (its --real_guidance_scale default).
-TEACHER_GUIDANCE = {"sdxl": 8.0, "sit": 1.5}
+TEACHER_GUIDANCE = {"sdxl": 8.0, "sit": 1.5, "wan": 4.0}
+VIDEO_FPS = 16  # Wan2.1's (the paper evaluates 81 frames at 16 fps)
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 # The trainers' LoRA file, named to load_lora_weights: diffusers 0.34 to 0.39 refuse a local folder offline without it.
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 # Settings that change the samples: a rerun with other values must not reuse the samples on disk.
 # Sample i depends on these and on i alone, so a rerun with a larger --num_samples adds samples.
 SAMPLING_SETTINGS = ("pretrained_model_name_or_path", "students", "teacher_steps", "teacher_guidance_scale",
-                     "resolution", "seed", "mixed_precision", "conditions_sha256")  # fmt: skip
+                     "resolution", "seed", "mixed_precision", "conditions_sha256", "num_frames", "height",
+                     "width")  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -73,8 +84,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--num_samples", type=int, default=1000, help="Samples per model.")
     parser.add_argument("--resolution", type=int, default=1024, help="SDXL: the size the samples are made at.")
-    parser.add_argument("--metrics", nargs="+", default=None, choices=REWARD_METRICS + SET_METRICS,
-                        help="Default: hpsv2 pickscore imagereward for SDXL, fid is for SiT.")  # fmt: skip
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help=f"{', '.join(REWARD_METRICS + SET_METRICS)}; for Wan frames:<hpsv2, pickscore or clip> "
+                        "and module:function video rewards. Default: hpsv2 pickscore imagereward for SDXL, fid is "
+                        "for SiT, the three frame rewards for Wan.")  # fmt: skip
+    group = parser.add_argument_group("videos (Wan)")
+    group.add_argument("--num_frames", type=int, default=81)
+    group.add_argument("--height", type=int, default=480)
+    group.add_argument("--width", type=int, default=832)
+    group.add_argument("--reward_num_frames", type=int, default=4, help="Frames a frames: reward averages over.")
     parser.add_argument(
         "--metric_model",
         action="append",
@@ -99,7 +117,8 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="evaluation")
     args = parser.parse_args(argv)
 
-    for name in ("teacher_steps", "num_samples", "batch_size", "resolution", "fid_resolution"):
+    for name in ("teacher_steps", "num_samples", "batch_size", "resolution", "fid_resolution", "num_frames",
+                 "height", "width", "reward_num_frames"):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     _check_folder_or_hub_id(parser, "--pretrained_model_name_or_path", args.pretrained_model_name_or_path)
@@ -137,19 +156,22 @@ def _parse_pair(parser, flag, spec, name_from_path=False):
 
 
 def model_kind(path):
-    """``sdxl`` or ``sit``, from the pipeline class named in ``model_index.json``."""
+    """``sdxl``, ``sit`` or ``wan``, from the pipeline class named in ``model_index.json``."""
     from diffusers import DiffusionPipeline
 
     class_name = DiffusionPipeline.load_config(path)["_class_name"]
     if class_name == "StableDiffusionXLPipeline":
         return "sdxl"
+    if class_name == "WanPipeline":
+        return "wan"
     if class_name == "SiTPipeline" or (isinstance(class_name, list) and "SiTPipeline" in class_name):
         return "sit"
-    raise ValueError(f"{path!r} holds a {class_name}: this script evaluates SDXL and SiT pipelines.")
+    raise ValueError(f"{path!r} holds a {class_name}: this script evaluates SDXL, SiT and Wan pipelines.")
 
 
-def student_timesteps(path):
-    """The SDXL student's timesteps, from the settings table of the model card train_amd_sdxl.py writes."""
+def card_setting(path, name, trainer):
+    """A setting of the student, from the settings table of the model card ``trainer`` writes (the student's
+    timesteps for SDXL, its number of steps for Wan)."""
     card = os.path.join(path, "README.md")
     if not os.path.isdir(path):
         from huggingface_hub import hf_hub_download
@@ -159,10 +181,10 @@ def student_timesteps(path):
         except Exception as error:  # offline, missing repository or file: one sentence either way
             raise ValueError(f"cannot fetch the model card of the student {path!r} ({type(error).__name__}).") from None
     if not os.path.isfile(card):
-        raise ValueError(f"{path!r} holds no model card (README.md): is it a train_amd_sdxl.py output?")
-    match = re.search(r"\| `student_timesteps` \| `(\[[\d, ]+\])` \|", open(card, encoding="utf-8").read())
+        raise ValueError(f"{path!r} holds no model card (README.md): is it a {trainer} output?")
+    match = re.search(rf"\| `{name}` \| `([\[\]\d, ]+)` \|", open(card, encoding="utf-8").read())
     if match is None:
-        raise ValueError(f"the model card of {path!r} states no student_timesteps: is it a train_amd_sdxl.py output?")
+        raise ValueError(f"the model card of {path!r} states no {name}: is it a {trainer} output?")
     return ast.literal_eval(match.group(1))
 
 
@@ -183,7 +205,7 @@ def sdxl_rows(args, device, dtype):
     teacher = {"num_inference_steps": args.teacher_steps, "guidance_scale": w}
     yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, **teacher)
     for name, path in args.students.items():
-        timesteps = student_timesteps(path)
+        timesteps = card_setting(path, "student_timesteps", "train_amd_sdxl.py")
         pipe.load_lora_weights(path, weight_name=LORA_WEIGHTS)
         pipe.scheduler = LCMScheduler.from_config(teacher_scheduler.config)
         student = {"num_inference_steps": len(timesteps), "timesteps": timesteps, "guidance_scale": 0}
@@ -213,15 +235,49 @@ def sit_rows(args, device, dtype):
         yield name, _folder_name(name), functools.partial(sample, load(path))
 
 
+def wan_rows(args, device, dtype):
+    """The same for Wan: the teacher with CFG and Wan's negative prompt (the trainer's unconditional), then every
+    student LoRA with the scheduler it ships and no guidance. One video per call, the global seed set to the
+    generator's: the student's stochastic scheduler re-noises from the global RNG."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    from train_amd_wan import WAN_NEGATIVE_PROMPT
+
+    pipe = WanPipeline.from_pretrained(args.pretrained_model_name_or_path, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    teacher_scheduler = pipe.scheduler
+
+    def sample(prompts, generators, **settings):
+        videos = []
+        for prompt, generator in zip(prompts, generators):
+            torch.manual_seed(generator.initial_seed())
+            size = {"height": args.height, "width": args.width, "num_frames": args.num_frames}
+            videos.append(pipe(prompt, generator=generator, output_type="pt", **size, **settings).frames[0])
+        return torch.stack(videos)
+
+    w = args.teacher_guidance_scale
+    teacher = {"num_inference_steps": args.teacher_steps, "guidance_scale": w, "negative_prompt": WAN_NEGATIVE_PROMPT}
+    yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, **teacher)
+    for name, path in args.students.items():
+        steps = card_setting(path, "num_student_steps", "train_amd_wan.py")
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+        pipe.load_lora_weights(path, weight_name=LORA_WEIGHTS)
+        yield name, _folder_name(name), functools.partial(sample, num_inference_steps=steps, guidance_scale=1.0)
+        pipe.unload_lora_weights()
+        pipe.scheduler = teacher_scheduler
+
+
 def _folder_name(name):
     return "student_" + re.sub(r"[^\w.-]+", "_", name)
 
 
 def conditions_for(args, kind):
-    """The prompts (SDXL) or classes (SiT) that sample i takes the i-th of, cycled."""
-    if kind == "sdxl":
+    """The prompts (SDXL, Wan) or classes (SiT) that sample i takes the i-th of, cycled."""
+    if kind in ("sdxl", "wan"):
         if (args.prompts_file is None) == (args.dataset_name is None):
-            raise ValueError("SDXL samples need prompts: give exactly one of --prompts_file or --dataset_name.")
+            raise ValueError(
+                f"{kind.upper()} samples need prompts: give exactly one of --prompts_file or --dataset_name."
+            )
         prompts = load_prompts(args)
     else:
         if args.prompts_file or args.dataset_name:
@@ -236,25 +292,46 @@ def conditions_for(args, kind):
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_row(args, sample, folder, conditions, device):
-    """Make the samples of one row that are not on disk yet, ``--batch_size`` at a time."""
+def sample_row(args, sample, folder, conditions, device, suffix=".png"):
+    """Make the samples of one row that are not on disk yet, ``--batch_size`` at a time: images, or videos
+    (``suffix`` ".mp4")."""
     os.makedirs(folder, exist_ok=True)
-    missing = [i for i in range(args.num_samples) if not os.path.exists(sample_path(folder, i))]
+    missing = [i for i in range(args.num_samples) if not os.path.exists(sample_path(folder, i, suffix))]
     bar = tqdm(total=args.num_samples, initial=args.num_samples - len(missing), desc=os.path.basename(folder))
     for start in range(0, len(missing), args.batch_size):
         index = missing[start : start + args.batch_size]
         generators = [torch.Generator(device).manual_seed(args.seed + i) for i in index]
-        images = sample([conditions[i % len(conditions)] for i in index], generators)
-        for i, image in zip(index, images):
-            partial = sample_path(folder, i).removesuffix(".png") + ".partial.png"  # complete files only on disk
-            to_pil(image).save(partial)
-            os.replace(partial, sample_path(folder, i))
+        samples = sample([conditions[i % len(conditions)] for i in index], generators)
+        for i, one in zip(index, samples):
+            partial = sample_path(folder, i, ".partial" + suffix)  # complete files only on disk
+            if suffix == ".png":
+                to_pil(one).save(partial)
+            else:
+                write_video(one, partial)
+            os.replace(partial, sample_path(folder, i, suffix))
         bar.update(len(index))
     bar.close()
 
 
-def sample_path(folder, i):
-    return os.path.join(folder, f"{i:06d}.png")
+def sample_path(folder, i, suffix=".png"):
+    return os.path.join(folder, f"{i:06d}{suffix}")
+
+
+def write_video(frames, path):
+    """A video (F, 3, H, W) in [0, 1] as H.264 MP4 at 16 fps, through imageio-ffmpeg at the quality diffusers'
+    ``export_to_video`` uses (imageio's 5 of 10)."""
+    import imageio.v3 as iio
+
+    array = (frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    iio.imwrite(path, array, extension=".mp4", fps=VIDEO_FPS, codec="libx264", quality=5, macro_block_size=1)
+
+
+def load_videos(paths):
+    """Videos from MP4 files as a float tensor (B, F, 3, H, W) in [0, 1]."""
+    import imageio.v3 as iio
+
+    batch = torch.from_numpy(np.stack([iio.imread(path, extension=".mp4") for path in paths])).float() / 255
+    return batch.permute(0, 1, 4, 2, 3).contiguous()
 
 
 def to_pil(image):
@@ -278,6 +355,11 @@ def load_metrics(args, kind, device):
     """Reward metrics ``(images, conditions) -> (B,)`` by name, and the Inception network if FID or IS is asked
     for. ImageReward is skipped, with one sentence, where it does not import."""
     metrics = args.metrics or DEFAULT_METRICS[kind]
+    if kind == "wan":
+        return metrics, load_video_metrics(args, metrics, device), None
+    unknown = [m for m in metrics if m not in REWARD_METRICS + SET_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}: use {', '.join(REWARD_METRICS + SET_METRICS)}.")
     if kind == "sdxl" and "dinov2" in metrics:
         raise ValueError("dinov2 scores class-conditional samples: use it with SiT, not SDXL.")
     if kind == "sit" and set(metrics) & {"hpsv2", "pickscore", "clip", "imagereward"}:
@@ -301,6 +383,24 @@ def load_metrics(args, kind, device):
     if set(metrics) & set(SET_METRICS):
         inception = load_inception(args.metric_model.get("inception"), device)
     return [m for m in metrics if m in rewards or m in SET_METRICS], rewards, inception
+
+
+def load_video_metrics(args, metrics, device):
+    """Video rewards ``(videos (B, F, 3, H, W), prompts) -> (B,)`` by name: ``frames:<image reward>`` (averaged over
+    ``--reward_num_frames`` evenly spaced frames, as the Wan trainer scores) or ``module:function``."""
+    rewards = {}
+    for name in metrics:
+        if not (name.startswith("frames:") or ":" in name):
+            raise ValueError(
+                f"{name!r} is not a video metric: use frames:hpsv2, frames:pickscore, frames:clip or module:function."
+            )
+        weights = args.metric_model.get(name.removeprefix("frames:"))
+        try:
+            rewards[name] = load_video_reward(name, weights, device, args.reward_num_frames)
+        except ValueError as error:  # the trainers' sentence, with this script's flag
+            flag = f"--metric_model {name.removeprefix('frames:')}=PATH"
+            raise ValueError(str(error).replace("--reward_model_name_or_path", flag)) from None
+    return rewards
 
 
 def imagereward_metric(path, device):
@@ -384,15 +484,17 @@ def reference_statistics(args, network, device):
     return mu, sigma
 
 
-def score_row(args, folder, conditions, metrics, rewards, inception, reference, device):
-    """Every metric of one row's samples, read back from disk in batches."""
+def score_row(args, folder, conditions, metrics, rewards, inception, reference, device, suffix=".png"):
+    """Every metric of one row's samples (images, or videos for ``suffix`` ".mp4"), read back from disk in
+    batches."""
     values = {name: [] for name in rewards}
     features, logits = [], []
+    load = load_images if suffix == ".png" else load_videos
     for start in range(0, args.num_samples, args.batch_size):
         index = range(start, min(start + args.batch_size, args.num_samples))
-        paths = [sample_path(folder, i) for i in index]
+        paths = [sample_path(folder, i, suffix) for i in index]
         if rewards:
-            images, batch_conditions = load_images(paths).to(device), [conditions[i % len(conditions)] for i in index]
+            images, batch_conditions = load(paths).to(device), [conditions[i % len(conditions)] for i in index]
             for name, reward in rewards.items():
                 values[name].append(reward(images, batch_conditions).float().cpu())
         if inception is not None:
@@ -442,7 +544,9 @@ def main(argv=None):
             args.teacher_guidance_scale = TEACHER_GUIDANCE[kind]
         for path in args.students.values():  # every student loads before any sample is made
             if kind == "sdxl":
-                student_timesteps(path)
+                card_setting(path, "student_timesteps", "train_amd_sdxl.py")
+            elif kind == "wan":
+                card_setting(path, "num_student_steps", "train_amd_wan.py")
             elif model_kind(path) != "sit":
                 raise ValueError(f"the student {path!r} is not a SiT pipeline folder.")
         conditions = conditions_for(args, kind)
@@ -460,23 +564,32 @@ def main(argv=None):
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
 
     rows, grid = [], []
-    for name, folder_name, sample in (sdxl_rows if kind == "sdxl" else sit_rows)(args, device, dtype):
+    suffix = ".mp4" if kind == "wan" else ".png"
+    for name, folder_name, sample in {"sdxl": sdxl_rows, "sit": sit_rows, "wan": wan_rows}[kind](args, device, dtype):
         folder = os.path.join(args.output_dir, "samples", folder_name)
-        sample_row(args, sample, folder, conditions, device)
-        rows.append(
-            {"model": name, **score_row(args, folder, conditions, metrics, rewards, inception, reference, device)}
-        )
-        shown = load_images([sample_path(folder, i) for i in range(min(args.grid_samples, args.num_samples))])
-        grid.append(torch.nn.functional.interpolate(shown, size=min(256, shown.shape[-1]), mode="area"))
+        sample_row(args, sample, folder, conditions, device, suffix)
+        score = score_row(args, folder, conditions, metrics, rewards, inception, reference, device, suffix)
+        rows.append({"model": name, **score})
+        shown = [sample_path(folder, i, suffix) for i in range(min(args.grid_samples, args.num_samples))]
+        shown = load_images(shown) if kind != "wan" else load_videos(shown)  # (n, [F,] C, H, W)
+        grid.append(torch.nn.functional.interpolate(shown.flatten(0, -4), size=min(256, shown.shape[-1]), mode="area")
+                    .unflatten(0, shown.shape[:-3]))  # fmt: skip
 
     table = markdown_table(rows, metrics)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"settings": settings, "rows": rows}, f, indent=2)
-    image_grid(torch.cat(grid), columns=len(grid[0])).save(os.path.join(args.output_dir, "grid.png"))
+    columns, grid = len(grid[0]), torch.cat(grid)
+    written = "grid.png"
+    if kind == "wan":  # the middle frames in grid.png, the whole videos in grid.gif
+        frames = [image_grid(grid[:, f], columns=columns) for f in range(grid.shape[1])]
+        frames[0].save(os.path.join(args.output_dir, "grid.gif"), save_all=True, append_images=frames[1:],
+                       duration=1000 // VIDEO_FPS, loop=0)  # fmt: skip
+        grid, written = grid[:, grid.shape[1] // 2], "grid.png and grid.gif"
+    image_grid(grid, columns=columns).save(os.path.join(args.output_dir, "grid.png"))
     print(table)
-    print(f"\nWrote {args.output_dir}/results.md, results.json and grid.png.")
+    print(f"\nWrote {args.output_dir}/results.md, results.json and {written}.")
 
 
 if __name__ == "__main__":

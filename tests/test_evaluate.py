@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import LCMScheduler, StableDiffusionXLPipeline
-from launch import sdxl_args, sit_args, train_in_process
+from launch import sdxl_args, sit_args, train_in_process, wan_args
 from PIL import Image
 from tiny_models import tiny_clip_folder
 
 import train_amd_sdxl
 import train_amd_sit
+import train_amd_wan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loaded from its file under its own name: ``evaluate`` is also the name of a Hugging Face package.
@@ -147,6 +148,78 @@ def test_sdxl_student_is_sampled_as_its_card_says(tiny_sdxl, sdxl_student, tmp_p
     assert np.abs(sample(out / "samples" / "student_out", 1) - np.round(direct * 255)).max() <= 1
 
 
+@pytest.fixture(scope="module")
+def wan_student(tiny_wan, tmp_path_factory):
+    out = tmp_path_factory.mktemp("wan_student") / "out"
+    train_in_process(train_amd_wan, wan_args(tiny_wan, out, "--max_train_steps", "2"))
+    return str(out)
+
+
+VIDEO_REWARD = """
+def mean_red(videos, prompts):
+    return videos[:, :, 0].flatten(1).mean(dim=1)
+"""
+
+
+@pytest.mark.slow
+def test_wan_rows_videos_grid_and_resume(tiny_wan, wan_student, tmp_path, monkeypatch):
+    (tmp_path / "video_reward.py").write_text(VIDEO_REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "eval"
+    argv = [
+        "--pretrained_model_name_or_path", tiny_wan["model"], "--student", f"amd={wan_student}", "--prompts_file",
+        tiny_wan["prompts"], "--num_samples", "3", "--batch_size", "2", "--teacher_steps", "2", "--num_frames", "5",
+        "--height", "16", "--width", "16", "--metrics", "frames:clip", "video_reward:mean_red",
+        "--metric_model", f"clip={tiny_wan['reward']}", "--grid_samples", "2", "--output_dir", out,
+    ]  # fmt: skip
+    run(argv)
+    results = json.loads((out / "results.json").read_text())
+    assert [row["model"] for row in results["rows"]] == ["teacher, 2 steps, w = 4", "amd"]
+    assert all(np.isfinite(row[m]) for row in results["rows"] for m in ("frames:clip", "video_reward:mean_red"))
+    assert (out / "results.md").read_text().startswith("| model | frames:clip | video_reward:mean_red |")
+    student = out / "samples" / "student_amd"
+    videos = evaluate.load_videos([student / f"{i:06d}.mp4" for i in range(3)])
+    assert videos.shape == (3, 5, 3, 16, 16)
+    # The grids: the middle frames, and the whole videos a frame each (2 columns of 16 px enlarged to 64 px).
+    assert Image.open(out / "grid.png").size == (2 * 64 + 2, 2 * 64 + 2)
+    assert Image.open(out / "grid.gif").n_frames == 5
+
+    # Sample 1 of the student row is stock WanPipeline with the saved scheduler and LoRA, prompt 1, seed 1 (as the
+    # generator and as the global seed: the stochastic scheduler draws from it), without guidance.
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    args = evaluate.parse_args([str(a) for a in argv])
+    args.teacher_guidance_scale = 4.0
+    rows = evaluate.wan_rows(args, "cpu", torch.float32)
+    next(rows)
+    _, _, sample = next(rows)
+    ours = sample(["a dog"], [torch.Generator("cpu").manual_seed(1)])[0]
+    pipe = WanPipeline.from_pretrained(tiny_wan["model"])
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(wan_student, subfolder="scheduler")
+    pipe.load_lora_weights(wan_student, weight_name="pytorch_lora_weights.safetensors")
+    torch.manual_seed(1)
+    direct = pipe("a dog", height=16, width=16, num_frames=5, num_inference_steps=4, guidance_scale=1.0,
+                  generator=torch.Generator().manual_seed(1), output_type="pt").frames[0]  # fmt: skip
+    torch.testing.assert_close(ours, direct, rtol=0, atol=0)
+    assert (videos[1] - direct).abs().mean() < 0.05  # the MP4 is lossy (H.264)
+
+    # Resume: only the missing video is made again.
+    kept = {i: os.path.getmtime(student / f"{i:06d}.mp4") for i in (0, 2)}
+    os.remove(student / "000001.mp4")
+    run(argv)
+    assert all(os.path.getmtime(student / f"{i:06d}.mp4") == mtime for i, mtime in kept.items())
+    assert (student / "000001.mp4").exists()
+
+
+def test_a_video_metric_that_is_not_one_gets_one_sentence(tiny_wan, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["--pretrained_model_name_or_path", tiny_wan["model"], "--prompts_file", tiny_wan["prompts"],
+            "--metrics", "hpsv2", "--output_dir", out]  # fmt: skip
+    with pytest.raises(SystemExit, match="'hpsv2' is not a video metric: use frames:hpsv2"):
+        run(argv)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -156,7 +229,7 @@ def test_sdxl_student_is_sampled_as_its_card_says(tiny_sdxl, sdxl_student, tmp_p
         (["--metrics", "hpsv2"], "hpsv2, pickscore, clip and imagereward score prompts: use them with SDXL"),
         (["--prompts_file", "prompts.txt"], "SiT is class-conditional: give --class_labels instead of prompts"),
         (["--metric_model", "fid"], "--metric_model takes NAME=PATH"),
-        (["--metrics", "fidd"], "argument --metrics: invalid choice: 'fidd'"),
+        (["--metrics", "fidd"], "unknown metric 'fidd'"),
         (["--metric_model", "fid=x.pth"], "--metric_model names 'fid': use one of"),
     ],
 )
