@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 
 # The repository root is not an installed package: make ``amd_utils`` importable when run as a script.
@@ -55,6 +56,14 @@ DEFAULT_METRICS = {
 # The teacher row's defaults: the CFG each trainer distils towards (its --real_guidance_scale default).
 TEACHER_GUIDANCE = {"sdxl": 8.0, "sit": 1.5, "wan": 4.0}
 VIDEO_FPS = 16  # Wan2.1's (the paper evaluates 81 frames at 16 fps)
+# VBench's 16 dimensions (vbench 0.1.5, VBench.build_full_dimension_list); its custom-prompt mode refuses the six that
+# need the object, colour or scene labels of its own prompt suite (VBench.check_dimension_requires_extra_info).
+VBENCH_DIMENSIONS = (
+    "subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality", "object_class",
+    "multiple_objects", "color", "spatial_relationship", "scene", "temporal_style", "overall_consistency",
+    "human_action", "temporal_flickering", "motion_smoothness", "dynamic_degree", "appearance_style",
+)  # fmt: skip
+VBENCH_SUITE_ONLY = ("object_class", "multiple_objects", "scene", "appearance_style", "color", "spatial_relationship")
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 # The trainers' LoRA file, named to load_lora_weights: diffusers 0.34 to 0.39 refuse a local folder offline without it.
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -93,6 +102,13 @@ def parse_args(argv=None):
     group.add_argument("--height", type=int, default=480)
     group.add_argument("--width", type=int, default=832)
     group.add_argument("--reward_num_frames", type=int, default=4, help="Frames a frames: reward averages over.")
+    group.add_argument(
+        "--vbench_dimensions",
+        nargs="+",
+        default=[],
+        metavar="DIMENSION",
+        help="VBench dimensions to score the videos with, in its custom-prompt mode (the vbench package).",
+    )
     parser.add_argument(
         "--metric_model",
         action="append",
@@ -129,6 +145,16 @@ def parse_args(argv=None):
     for metric in args.metric_model:
         if metric not in REWARD_METRICS + ("inception",):
             parser.error(f"--metric_model names {metric!r}: use one of {', '.join(REWARD_METRICS + ('inception',))}.")
+    for dimension in args.vbench_dimensions:
+        if dimension not in VBENCH_DIMENSIONS:
+            parser.error(
+                f"--vbench_dimensions: unknown VBench dimension {dimension!r}: use {', '.join(VBENCH_DIMENSIONS)}."
+            )
+        if dimension in VBENCH_SUITE_ONLY:
+            parser.error(
+                f"--vbench_dimensions: {dimension!r} needs the labels of VBench's own prompt suite, which this script "
+                "does not run yet: leave it out."
+            )
     if args.fid_reference is not None and not os.path.exists(args.fid_reference):
         parser.error(f"--fid_reference {args.fid_reference!r} does not exist: give a folder of images or a .npz.")
     return args
@@ -355,6 +381,8 @@ def load_metrics(args, kind, device):
     """Reward metrics ``(images, conditions) -> (B,)`` by name, and the Inception network if FID or IS is asked
     for. ImageReward is skipped, with one sentence, where it does not import."""
     metrics = args.metrics or DEFAULT_METRICS[kind]
+    if kind != "wan" and args.vbench_dimensions:
+        raise ValueError("VBench scores videos: give --vbench_dimensions with a Wan pipeline.")
     if kind == "wan":
         return metrics, load_video_metrics(args, metrics, device), None
     unknown = [m for m in metrics if m not in REWARD_METRICS + SET_METRICS]
@@ -401,6 +429,41 @@ def load_video_metrics(args, metrics, device):
             flag = f"--metric_model {name.removeprefix('frames:')}=PATH"
             raise ValueError(str(error).replace("--reward_model_name_or_path", flag)) from None
     return rewards
+
+
+def vbench_scores(args, folder, conditions, device):
+    """``{"vbench:<dimension>": score}`` of the videos in ``folder`` for each ``--vbench_dimensions``, by VBench in its
+    custom-prompt mode (each video with its prompt), a dimension at a time: one whose model weights VBench cannot
+    download is skipped with one sentence. Nothing, with one sentence, where the vbench package does not import."""
+    try:
+        import vbench
+        from vbench import VBench
+    except Exception as error:  # vbench 0.1.5 pins transformers 4.33.2 (README)
+        print(f"Skipping VBench: the vbench package does not import here ({type(error).__name__}: {error}).")
+        return {}
+    videos = sorted(name for name in os.listdir(folder) if re.fullmatch(r"\d{6}\.mp4", name))
+    prompts = {name: conditions[int(name[:6]) % len(conditions)] for name in videos}
+    output = os.path.join(args.output_dir, "vbench")
+    full_info = os.path.join(os.path.dirname(vbench.__file__), "VBench_full_info.json")
+    scores = {}
+    for dimension in args.vbench_dimensions:
+        name = f"{os.path.basename(folder)}_{dimension}"
+        try:
+            VBench(device, full_info, output).evaluate(
+                videos_path=folder, name=name, prompt_list=prompts, dimension_list=[dimension], mode="custom_input"
+            )
+        except (subprocess.CalledProcessError, OSError) as error:  # weights come by wget or torch.hub at run time
+            urls = [str(a) for a in getattr(error, "cmd", None) or [] if str(a).startswith("http")]
+            source = urls[0] if urls else f"{type(error).__name__}: {error}"
+            print(
+                f"Skipping vbench:{dimension}: VBench could not download its weights ({source}): fetch them into "
+                f"{os.environ.get('VBENCH_CACHE_DIR', '~/.cache/vbench')} (VBENCH_CACHE_DIR, as vbench/utils.py reads "
+                "it) where there is network."
+            )
+            continue
+        with open(os.path.join(output, f"{name}_eval_results.json")) as f:
+            scores[f"vbench:{dimension}"] = float(json.load(f)[dimension][0])
+    return scores
 
 
 def imagereward_metric(path, device):
@@ -569,12 +632,15 @@ def main(argv=None):
         folder = os.path.join(args.output_dir, "samples", folder_name)
         sample_row(args, sample, folder, conditions, device, suffix)
         score = score_row(args, folder, conditions, metrics, rewards, inception, reference, device, suffix)
+        if args.vbench_dimensions:
+            score.update(vbench_scores(args, folder, conditions, device))
         rows.append({"model": name, **score})
         shown = [sample_path(folder, i, suffix) for i in range(min(args.grid_samples, args.num_samples))]
         shown = load_images(shown) if kind != "wan" else load_videos(shown)  # (n, [F,] C, H, W)
         grid.append(torch.nn.functional.interpolate(shown.flatten(0, -4), size=min(256, shown.shape[-1]), mode="area")
                     .unflatten(0, shown.shape[:-3]))  # fmt: skip
 
+    metrics += [key for key in rows[0] if key.startswith("vbench:") and all(key in row for row in rows)]
     table = markdown_table(rows, metrics)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(table + "\n")

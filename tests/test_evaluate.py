@@ -4,6 +4,7 @@ network with random weights, all loaded through the script's own code, offline."
 import importlib.util
 import json
 import os
+import sys
 from unittest import mock
 
 import numpy as np
@@ -211,6 +212,67 @@ def test_wan_rows_videos_grid_and_resume(tiny_wan, wan_student, tmp_path, monkey
     assert (student / "000001.mp4").exists()
 
 
+VBENCH_STUB = """
+import json, os, subprocess, urllib.error
+
+class VBench:  # vbench 0.1.5's interface: VBench(device, full_info_dir, output_path).evaluate(...)
+    def __init__(self, device, full_info_dir, output_path):
+        self.output_path = output_path
+        os.makedirs(output_path, exist_ok=True)
+
+    def evaluate(self, videos_path, name, prompt_list=[], dimension_list=None, mode="vbench_standard", **kwargs):
+        with open(os.path.join(self.output_path, name + "_call.json"), "w") as f:
+            json.dump({"videos_path": videos_path, "prompt_list": prompt_list, "dimension_list": dimension_list,
+                       "mode": mode}, f)
+        if dimension_list == ["dynamic_degree"]:  # as its RAFT weights fail to download offline (wget)
+            raise subprocess.CalledProcessError(1, ["wget", "-P", "cache/raft_model/", "https://example.com/models.zip"])
+        if dimension_list == ["imaging_quality"]:  # as subject_consistency's DINO does offline (torch.hub)
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+        with open(os.path.join(self.output_path, name + "_eval_results.json"), "w") as f:
+            json.dump({dimension_list[0]: [0.25 + len(prompt_list), []]}, f)
+"""
+
+
+@pytest.mark.slow
+def test_vbench_dimensions_through_its_custom_prompt_mode_on_a_stub(
+    tiny_wan, wan_student, tmp_path, monkeypatch, capsys
+):
+    # vbench 0.1.5 does not install beside this stack (it pins transformers 4.33.2): a stub with its interface
+    # stands in, and records how it was called.
+    (tmp_path / "vbench").mkdir()
+    (tmp_path / "vbench" / "__init__.py").write_text(VBENCH_STUB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "eval"
+    run([
+        "--pretrained_model_name_or_path", tiny_wan["model"], "--student", f"amd={wan_student}", "--prompts_file",
+        tiny_wan["prompts"], "--num_samples", "2", "--teacher_steps", "2", "--num_frames", "5", "--height", "16",
+        "--width", "16", "--metrics", "frames:clip", "--metric_model", f"clip={tiny_wan['reward']}",
+        "--vbench_dimensions", "subject_consistency", "dynamic_degree", "imaging_quality", "--output_dir", out,
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert (
+        "Skipping vbench:dynamic_degree: VBench could not download its weights (https://example.com/models.zip)"
+        in printed
+    )
+    assert "Skipping vbench:imaging_quality: VBench could not download its weights (URLError: <urlopen" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert all(row["vbench:subject_consistency"] == 2.25 and "vbench:dynamic_degree" not in row for row in rows)
+    assert (out / "results.md").read_text().startswith("| model | frames:clip | vbench:subject_consistency |")
+    call = json.loads((out / "vbench" / "student_amd_subject_consistency_call.json").read_text())
+    assert call["mode"] == "custom_input" and call["dimension_list"] == ["subject_consistency"]
+    assert call["videos_path"] == str(out / "samples" / "student_amd")
+    assert call["prompt_list"] == {"000000.mp4": "a cat", "000001.mp4": "a dog"}
+
+
+def test_without_vbench_its_dimensions_are_skipped_with_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vbench", None)  # as where it is not installed
+    args = evaluate.parse_args(
+        ["--pretrained_model_name_or_path", str(tmp_path), "--vbench_dimensions", "imaging_quality"]
+    )
+    assert evaluate.vbench_scores(args, str(tmp_path), ["a cat"], "cpu") == {}
+    assert "Skipping VBench: the vbench package does not import here" in capsys.readouterr().out
+
+
 def test_a_video_metric_that_is_not_one_gets_one_sentence(tiny_wan, tmp_path):
     out = tmp_path / "eval"
     argv = ["--pretrained_model_name_or_path", tiny_wan["model"], "--prompts_file", tiny_wan["prompts"],
@@ -231,6 +293,9 @@ def test_a_video_metric_that_is_not_one_gets_one_sentence(tiny_wan, tmp_path):
         (["--metric_model", "fid"], "--metric_model takes NAME=PATH"),
         (["--metrics", "fidd"], "unknown metric 'fidd'"),
         (["--metric_model", "fid=x.pth"], "--metric_model names 'fid': use one of"),
+        (["--vbench_dimensions", "beauty"], "--vbench_dimensions: unknown VBench dimension 'beauty'"),
+        (["--vbench_dimensions", "color"], "'color' needs the labels of VBench's own prompt suite"),
+        (["--vbench_dimensions", "imaging_quality"], "VBench scores videos: give --vbench_dimensions with a Wan"),
     ],
 )
 def test_bad_input_gets_one_sentence_and_writes_nothing(tiny_sit, tmp_path, change, message, capsys):
