@@ -64,6 +64,7 @@ VBENCH_DIMENSIONS = (
     "human_action", "temporal_flickering", "motion_smoothness", "dynamic_degree", "appearance_style",
 )  # fmt: skip
 VBENCH_SUITE_ONLY = ("object_class", "multiple_objects", "scene", "appearance_style", "color", "spatial_relationship")
+VBENCH_VIDEOS_PER_PROMPT = 5  # VBench's standard mode looks for "<prompt>-0.mp4" to "<prompt>-4.mp4"
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 # The trainers' LoRA file, named to load_lora_weights: diffusers 0.34 to 0.39 refuse a local folder offline without it.
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -107,7 +108,14 @@ def parse_args(argv=None):
         nargs="+",
         default=[],
         metavar="DIMENSION",
-        help="VBench dimensions to score the videos with, in its custom-prompt mode (the vbench package).",
+        help="VBench dimensions to score the videos with (the vbench package): in its custom-prompt mode on your "
+        "prompts, or in its standard mode with --vbench_suite.",
+    )
+    group.add_argument(
+        "--vbench_suite",
+        action="store_true",
+        help="Sample VBench's own prompt suite instead of --prompts_file: the prompts of the --vbench_dimensions, "
+        f"{VBENCH_VIDEOS_PER_PROMPT} videos each (--num_samples follows), scored in VBench's standard mode.",
     )
     parser.add_argument(
         "--metric_model",
@@ -150,11 +158,13 @@ def parse_args(argv=None):
             parser.error(
                 f"--vbench_dimensions: unknown VBench dimension {dimension!r}: use {', '.join(VBENCH_DIMENSIONS)}."
             )
-        if dimension in VBENCH_SUITE_ONLY:
+        if dimension in VBENCH_SUITE_ONLY and not args.vbench_suite:
             parser.error(
-                f"--vbench_dimensions: {dimension!r} needs the labels of VBench's own prompt suite, which this script "
-                "does not run yet: leave it out."
+                f"--vbench_dimensions: {dimension!r} needs the labels of VBench's own prompt suite: add "
+                "--vbench_suite, or leave it out."
             )
+    if args.vbench_suite and not args.vbench_dimensions:
+        parser.error("--vbench_suite samples the prompts of the --vbench_dimensions: name at least one.")
     if args.fid_reference is not None and not os.path.exists(args.fid_reference):
         parser.error(f"--fid_reference {args.fid_reference!r} does not exist: give a folder of images or a .npz.")
     return args
@@ -298,7 +308,14 @@ def _folder_name(name):
 
 
 def conditions_for(args, kind):
-    """The prompts (SDXL, Wan) or classes (SiT) that sample i takes the i-th of, cycled."""
+    """The prompts (SDXL, Wan) or classes (SiT) that sample i takes the i-th of, cycled. With --vbench_suite, VBench's
+    prompts for the dimensions, each ``VBENCH_VIDEOS_PER_PROMPT`` times in a row (and --num_samples set to match)."""
+    if kind == "wan" and args.vbench_suite:
+        if args.prompts_file or args.dataset_name:
+            raise ValueError("--vbench_suite brings its own prompts: drop --prompts_file and --dataset_name.")
+        suite = vbench_suite_prompts(args.vbench_dimensions)
+        args.num_samples = VBENCH_VIDEOS_PER_PROMPT * len(suite)
+        return [prompt for prompt in suite for _ in range(VBENCH_VIDEOS_PER_PROMPT)]
     if kind in ("sdxl", "wan"):
         if (args.prompts_file is None) == (args.dataset_name is None):
             raise ValueError(
@@ -431,6 +448,20 @@ def load_video_metrics(args, metrics, device):
     return rewards
 
 
+def vbench_suite_prompts(dimensions):
+    """The prompts of VBench's suite (``VBench_full_info.json`` in the vbench package) that test any of
+    ``dimensions``, in the suite's order."""
+    try:
+        import vbench
+    except Exception as error:
+        raise ValueError(
+            f"--vbench_suite reads VBench's prompt suite from the vbench package, which does not import here "
+            f"({type(error).__name__}: {error})."
+        ) from None
+    with open(os.path.join(os.path.dirname(vbench.__file__), "VBench_full_info.json")) as f:
+        return [entry["prompt_en"] for entry in json.load(f) if set(entry["dimension"]) & set(dimensions)]
+
+
 def vbench_scores(args, folder, conditions, device):
     """``{"vbench:<dimension>": score}`` of the videos in ``folder`` for each ``--vbench_dimensions``, by VBench in its
     custom-prompt mode (each video with its prompt), a dimension at a time: one whose model weights VBench cannot
@@ -443,14 +474,23 @@ def vbench_scores(args, folder, conditions, device):
         return {}
     videos = sorted(name for name in os.listdir(folder) if re.fullmatch(r"\d{6}\.mp4", name))
     prompts = {name: conditions[int(name[:6]) % len(conditions)] for name in videos}
-    output = os.path.join(args.output_dir, "vbench")
+    output, row = os.path.join(args.output_dir, "vbench"), os.path.basename(folder)
+    mode = "custom_input"
+    if args.vbench_suite:  # the standard mode finds video k of a prompt as "<prompt>-<k>.mp4": links to ours
+        mode, suite_folder = "vbench_standard", os.path.join(output, row + "_suite")
+        os.makedirs(suite_folder, exist_ok=True)
+        for i in range(args.num_samples):
+            link = os.path.join(suite_folder, f"{conditions[i]}-{i % VBENCH_VIDEOS_PER_PROMPT}.mp4")
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(sample_path(folder, i, ".mp4")), link)
+        folder, prompts = suite_folder, []
     full_info = os.path.join(os.path.dirname(vbench.__file__), "VBench_full_info.json")
     scores = {}
     for dimension in args.vbench_dimensions:
-        name = f"{os.path.basename(folder)}_{dimension}"
+        name = f"{row}_{dimension}"
         try:
             VBench(device, full_info, output).evaluate(
-                videos_path=folder, name=name, prompt_list=prompts, dimension_list=[dimension], mode="custom_input"
+                videos_path=folder, name=name, prompt_list=prompts, dimension_list=[dimension], mode=mode
             )
         except (subprocess.CalledProcessError, OSError) as error:  # weights come by wget or torch.hub at run time
             urls = [str(a) for a in getattr(error, "cmd", None) or [] if str(a).startswith("http")]

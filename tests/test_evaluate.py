@@ -233,15 +233,24 @@ class VBench:  # vbench 0.1.5's interface: VBench(device, full_info_dir, output_
 """
 
 
+def install_vbench_stub(folder, monkeypatch, suite=()):
+    """The stub as the ``vbench`` package for this test only, with ``suite`` as its ``VBench_full_info.json``."""
+    folder.mkdir()
+    (folder / "__init__.py").write_text(VBENCH_STUB)
+    (folder / "VBench_full_info.json").write_text(json.dumps(list(suite)))
+    spec = importlib.util.spec_from_file_location("vbench", folder / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "vbench", module)
+
+
 @pytest.mark.slow
 def test_vbench_dimensions_through_its_custom_prompt_mode_on_a_stub(
     tiny_wan, wan_student, tmp_path, monkeypatch, capsys
 ):
     # vbench 0.1.5 does not install beside this stack (it pins transformers 4.33.2): a stub with its interface
     # stands in, and records how it was called.
-    (tmp_path / "vbench").mkdir()
-    (tmp_path / "vbench" / "__init__.py").write_text(VBENCH_STUB)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_vbench_stub(tmp_path / "vbench", monkeypatch)
     out = tmp_path / "eval"
     run([
         "--pretrained_model_name_or_path", tiny_wan["model"], "--student", f"amd={wan_student}", "--prompts_file",
@@ -264,6 +273,31 @@ def test_vbench_dimensions_through_its_custom_prompt_mode_on_a_stub(
     assert call["prompt_list"] == {"000000.mp4": "a cat", "000001.mp4": "a dog"}
 
 
+@pytest.mark.slow
+def test_vbench_suite_samples_its_prompts_and_links_the_names_its_standard_mode_reads(
+    tiny_wan, wan_student, tmp_path, monkeypatch
+):
+    suite = [{"prompt_en": "a red car", "dimension": ["color"]}, {"prompt_en": "a tree", "dimension": ["scene"]},
+             {"prompt_en": "a still cat", "dimension": ["temporal_flickering", "color"]}]  # fmt: skip
+    install_vbench_stub(tmp_path / "vbench", monkeypatch, suite)
+    out = tmp_path / "eval"
+    run([
+        "--pretrained_model_name_or_path", tiny_wan["model"], "--student", f"amd={wan_student}", "--teacher_steps",
+        "1", "--num_frames", "5", "--height", "16", "--width", "16", "--batch_size", "5", "--metrics", "frames:clip",
+        "--metric_model", f"clip={tiny_wan['reward']}", "--vbench_suite", "--vbench_dimensions", "color",
+        "--output_dir", out,
+    ])  # fmt: skip
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert all(row["vbench:color"] == 0.25 for row in rows)  # the stub's score: 0.25 + no prompt_list
+    student = out / "samples" / "student_amd"
+    assert sorted(os.listdir(student)) == [f"{i:06d}.mp4" for i in range(10)]  # 2 prompts x 5 videos
+    call = json.loads((out / "vbench" / "student_amd_color_call.json").read_text())
+    assert call["mode"] == "vbench_standard" and call["prompt_list"] == []
+    links = {name: os.readlink(os.path.join(call["videos_path"], name)) for name in os.listdir(call["videos_path"])}
+    assert links == {f"{prompt}-{k}.mp4": str(student / f"{5 * p + k:06d}.mp4")
+                     for p, prompt in enumerate(["a red car", "a still cat"]) for k in range(5)}  # fmt: skip
+
+
 def test_without_vbench_its_dimensions_are_skipped_with_one_sentence(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "vbench", None)  # as where it is not installed
     args = evaluate.parse_args(
@@ -271,6 +305,16 @@ def test_without_vbench_its_dimensions_are_skipped_with_one_sentence(tmp_path, m
     )
     assert evaluate.vbench_scores(args, str(tmp_path), ["a cat"], "cpu") == {}
     assert "Skipping VBench: the vbench package does not import here" in capsys.readouterr().out
+
+
+def test_the_vbench_suite_without_vbench_gets_one_sentence(tiny_wan, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vbench", None)
+    out = tmp_path / "eval"
+    argv = ["--pretrained_model_name_or_path", tiny_wan["model"], "--metrics", "frames:clip", "--vbench_suite",
+            "--vbench_dimensions", "color", "--output_dir", out]  # fmt: skip
+    with pytest.raises(SystemExit, match="--vbench_suite reads VBench's prompt suite from the vbench package, which"):
+        run(argv)
+    assert not out.exists()
 
 
 def test_a_video_metric_that_is_not_one_gets_one_sentence(tiny_wan, tmp_path):
@@ -295,6 +339,7 @@ def test_a_video_metric_that_is_not_one_gets_one_sentence(tiny_wan, tmp_path):
         (["--metric_model", "fid=x.pth"], "--metric_model names 'fid': use one of"),
         (["--vbench_dimensions", "beauty"], "--vbench_dimensions: unknown VBench dimension 'beauty'"),
         (["--vbench_dimensions", "color"], "'color' needs the labels of VBench's own prompt suite"),
+        (["--vbench_suite"], "--vbench_suite samples the prompts of the --vbench_dimensions: name at least one"),
         (["--vbench_dimensions", "imaging_quality"], "VBench scores videos: give --vbench_dimensions with a Wan"),
     ],
 )
