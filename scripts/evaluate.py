@@ -401,6 +401,12 @@ def load_metrics(args, kind, device):
     if kind != "wan" and args.vbench_dimensions:
         raise ValueError("VBench scores videos: give --vbench_dimensions with a Wan pipeline.")
     if kind == "wan":
+        try:  # the MP4 encoder: without it no video can be written or read back
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "videos are written as MP4 by imageio-ffmpeg: pip install imageio imageio-ffmpeg."
+            ) from None
         return metrics, load_video_metrics(args, metrics, device), None
     unknown = [m for m in metrics if m not in REWARD_METRICS + SET_METRICS]
     if unknown:

@@ -317,6 +317,16 @@ def test_the_vbench_suite_without_vbench_gets_one_sentence(tiny_wan, tmp_path, m
     assert not out.exists()
 
 
+def test_without_an_mp4_encoder_wan_rows_get_one_sentence(tiny_wan, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    out = tmp_path / "eval"
+    argv = ["--pretrained_model_name_or_path", tiny_wan["model"], "--prompts_file", tiny_wan["prompts"],
+            "--output_dir", out]  # fmt: skip
+    with pytest.raises(SystemExit, match="videos are written as MP4 by imageio-ffmpeg: pip install imageio"):
+        run(argv)
+    assert not out.exists()
+
+
 def test_a_video_metric_that_is_not_one_gets_one_sentence(tiny_wan, tmp_path):
     out = tmp_path / "eval"
     argv = ["--pretrained_model_name_or_path", tiny_wan["model"], "--prompts_file", tiny_wan["prompts"],
