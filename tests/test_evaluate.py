@@ -164,20 +164,26 @@ def mean_red(videos, prompts):
 
 @pytest.mark.slow
 def test_wan_rows_videos_grid_and_resume(tiny_wan, wan_student, tmp_path, monkeypatch):
-    (tmp_path / "video_reward.py").write_text(VIDEO_REWARD)
+    # A module name of its own, dropped afterwards: other tests import their own "video_reward".
+    (tmp_path / "evaluate_video_reward.py").write_text(VIDEO_REWARD)
     monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("evaluate_video_reward")
+    del sys.modules["evaluate_video_reward"]
+    monkeypatch.setitem(sys.modules, "evaluate_video_reward", module)  # gone again after the test
     out = tmp_path / "eval"
     argv = [
         "--pretrained_model_name_or_path", tiny_wan["model"], "--student", f"amd={wan_student}", "--prompts_file",
         tiny_wan["prompts"], "--num_samples", "3", "--batch_size", "2", "--teacher_steps", "2", "--num_frames", "5",
-        "--height", "16", "--width", "16", "--metrics", "frames:clip", "video_reward:mean_red",
+        "--height", "16", "--width", "16", "--metrics", "frames:clip", "evaluate_video_reward:mean_red",
         "--metric_model", f"clip={tiny_wan['reward']}", "--grid_samples", "2", "--output_dir", out,
     ]  # fmt: skip
     run(argv)
     results = json.loads((out / "results.json").read_text())
     assert [row["model"] for row in results["rows"]] == ["teacher, 2 steps, w = 4", "amd"]
-    assert all(np.isfinite(row[m]) for row in results["rows"] for m in ("frames:clip", "video_reward:mean_red"))
-    assert (out / "results.md").read_text().startswith("| model | frames:clip | video_reward:mean_red |")
+    assert all(
+        np.isfinite(row[m]) for row in results["rows"] for m in ("frames:clip", "evaluate_video_reward:mean_red")
+    )
+    assert (out / "results.md").read_text().startswith("| model | frames:clip | evaluate_video_reward:mean_red |")
     student = out / "samples" / "student_amd"
     videos = evaluate.load_videos([student / f"{i:06d}.mp4" for i in range(3)])
     assert videos.shape == (3, 5, 3, 16, 16)
