@@ -162,6 +162,13 @@ def fake_forward(network, model, x_t, t, class_labels):
     return velocity, tokens_to_grid(features[0])
 
 
+def discriminator_head(config):
+    """DMD2's GAN head for what :func:`fake_forward` reads: the token grid of a DiT of ``config``."""
+    return DiscriminatorHead(
+        config.num_attention_heads * config.attention_head_dim, config.sample_size // config.patch_size
+    )
+
+
 def student_input(model, class_labels, student_timesteps, num_steps, shape, device):
     """DMD2's backward simulation: run the student's first ``num_steps`` steps from pure noise without grad
     (predict x0, re-noise it to the next timestep with fresh noise); returns the input of the next step."""
@@ -200,8 +207,7 @@ def main(args):
         ):  # DMD2's GAN term: real images, and a head on the fake's middle (SiT-XL/2: 1152 x 16 x 16)
             resolution = size * (2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1)
             real_images = RealImages(args, "label", resolution, channels, vae, accelerator, num_classes)
-            head = DiscriminatorHead(transformer.config.num_attention_heads * transformer.config.attention_head_dim,
-                                     size // transformer.config.patch_size)  # fmt: skip
+            head = discriminator_head(transformer.config)
         transformer, model, updates, global_step = prepare_adapters(
             accelerator, transformer, LORA_TARGET_MODULES, args, head=head
         )

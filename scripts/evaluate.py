@@ -478,11 +478,11 @@ def vbench_scores(args, folder, conditions, device):
     except Exception as error:  # vbench 0.1.5 pins transformers 4.33.2 (README)
         print(f"Skipping VBench: the vbench package does not import here ({type(error).__name__}: {error}).")
         return {}
-    videos = sorted(name for name in os.listdir(folder) if re.fullmatch(r"\d{6}\.mp4", name))
-    prompts = {name: conditions[int(name[:6]) % len(conditions)] for name in videos}
     output, row = os.path.join(args.output_dir, "vbench"), os.path.basename(folder)
-    mode = "custom_input"
-    if args.vbench_suite:  # the standard mode finds video k of a prompt as "<prompt>-<k>.mp4": links to ours
+    if not args.vbench_suite:  # custom mode: every video in the folder with its prompt
+        videos = sorted(name for name in os.listdir(folder) if re.fullmatch(r"\d{6}\.mp4", name))
+        mode, prompts = "custom_input", {name: conditions[int(name[:6]) % len(conditions)] for name in videos}
+    else:  # the standard mode finds video k of a prompt as "<prompt>-<k>.mp4": links to ours
         mode, suite_folder = "vbench_standard", os.path.join(output, row + "_suite")
         os.makedirs(suite_folder, exist_ok=True)
         for i in range(args.num_samples):

@@ -27,12 +27,11 @@ import torch
 from diffusers import DiTTransformer2DModel
 from safetensors.torch import load_file
 
-from amd_utils.gan import DiscriminatorHead
 from amd_utils.lora import FAKE, add_student_and_fake_adapters, load_lora_state_dict
 from amd_utils.parameterization import sit_add_noise
 from amd_utils.pipeline_sit import use_sit_time_embedding
 from amd_utils.training import HEAD_FILE
-from train_amd_sit import LORA_TARGET_MODULES, fake_forward
+from train_amd_sit import LORA_TARGET_MODULES, discriminator_head, fake_forward
 
 from .demo import (
     EVALUATION_SEED,
@@ -103,10 +102,7 @@ def discriminator_table(args, paths, warmups, samples=500):
         use_sit_time_embedding(model)
         add_student_and_fake_adapters(model, LORA_TARGET_MODULES, LORA_RANK)
         load_lora_state_dict(model, FAKE, load_file(os.path.join(checkpoint, "fake_lora.safetensors")))
-        config = model.config
-        head = DiscriminatorHead(
-            config.num_attention_heads * config.attention_head_dim, config.sample_size // config.patch_size
-        )
+        head = discriminator_head(model.config)
         head.load_state_dict(load_file(os.path.join(checkpoint, HEAD_FILE)))
         generated, generated_labels = sample_per_class(
             load_pipeline(run["dir"]), samples // NUM_CLASSES, seed=EVALUATION_SEED
