@@ -1,0 +1,141 @@
+"""The streaming (block-causal) Wan of amd_utils/pipeline_wan_streaming.py on a tiny WanTransformer3DModel: with a
+window as long as the clip and one block it is the stock bidirectional model; block by block with the cache it is
+one pass under the block-causal mask, with and without grad; the window and sink are LongLive's; the cache stays
+bounded however long the video."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from amd_utils.pipeline_wan_streaming import block_causal_mask, make_streaming, stream_video, visible_frames
+
+FRAMES, HEIGHT, WIDTH = 8, 4, 6  # latent frames and size: 2 x 3 = 6 tokens a frame after the 2 x 2 patches
+
+
+def tiny_transformer(seed=0):
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=8, freq_dim=32, ffn_dim=16, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=64,
+    )  # fmt: skip
+    return model.eval().requires_grad_(False)
+
+
+def inputs(frames=FRAMES, batch=2, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, frames, HEIGHT, WIDTH, generator=generator)
+    text = torch.randn(batch, 5, 8, generator=generator)
+    return x, text
+
+
+def forward(model, x, text, sigma=0.6):
+    return model(x, timestep=torch.full((len(x),), sigma * 1000), encoder_hidden_states=text).sample
+
+
+def blockwise(model, state, x, text, block):
+    """Each block once, writing its keys and values into the cache, as the one pass computes them."""
+    state.reset()
+    outputs = []
+    for start in range(0, x.shape[2], block):
+        with state.block(start, write=True):
+            outputs.append(forward(model, x[:, :, start : start + block], text))
+    return torch.cat(outputs, dim=2)
+
+
+def test_longlive_window_hand_computed():
+    # LongLive's stage 1: blocks of 3, window 12 with 3 sink frames; a block sees the sink and the newest 9
+    # frames, its own included.
+    assert list(visible_frames(0, 3, 12, 3)) == []
+    assert list(visible_frames(9, 12, 12, 3)) == list(range(9))
+    assert list(visible_frames(12, 15, 12, 3)) == [0, 1, 2, 6, 7, 8, 9, 10, 11]
+    assert list(visible_frames(30, 33, 12, 3)) == [0, 1, 2, 24, 25, 26, 27, 28, 29]
+    assert list(visible_frames(6, 9, 4, 0)) == [5]
+    assert list(visible_frames(6, 9, -1, 0)) == list(range(6))
+    mask = block_causal_mask(6, 2, -1, 0)
+    assert mask.tolist() == [[j < 2 * (i // 2 + 1) for j in range(6)] for i in range(6)]
+
+
+@pytest.mark.parametrize("window", [-1, FRAMES, FRAMES + 4])
+def test_one_block_as_long_as_the_clip_is_the_bidirectional_model(window):
+    model = tiny_transformer()
+    x, text = inputs()
+    stock = forward(model, x, text)
+    state = make_streaming(model, window, 0)
+    assert torch.equal(forward(model, x, text), stock)  # no block in progress: the stock processors
+    with state.one_pass(FRAMES):
+        torch.testing.assert_close(forward(model, x, text), stock, atol=1e-5, rtol=1e-5)
+    state.reset()
+    with state.block(0):
+        torch.testing.assert_close(forward(model, x, text), stock, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("block", "window", "sink"), [(2, -1, 0), (2, 5, 1), (1, 4, 2), (4, 6, 2)])
+def test_block_by_block_with_the_cache_is_one_pass_under_the_block_causal_mask(block, window, sink):
+    model = tiny_transformer()
+    state = make_streaming(model, window, sink)
+    x, text = inputs()
+    with state.one_pass(block):
+        masked = forward(model, x, text)
+    torch.testing.assert_close(blockwise(model, state, x, text, block), masked, atol=1e-5, rtol=1e-5)
+    # Some frames are out of the window (or the mask is not all ones): the comparison has teeth.
+    assert not torch.allclose(masked, forward(model, x, text), atol=1e-3)
+
+
+def test_and_so_are_their_gradients():
+    # The cache holds keys and values with their graphs: the gradient through it reaches earlier blocks' inputs
+    # and the weights as the one pass's does.
+    model = tiny_transformer()
+    weights = [block.attn1.to_k.weight for block in model.blocks]
+    state = make_streaming(model, 5, 1)
+    x, text = inputs()
+    target = torch.randn_like(x)
+    gradients = []
+    for one_pass in (True, False):
+        for w in weights:
+            w.requires_grad_(True).grad = None
+        x_leaf = x.clone().requires_grad_(True)
+        if one_pass:
+            with state.one_pass(2):
+                out = forward(model, x_leaf, text)
+        else:
+            out = blockwise(model, state, x_leaf, text, 2)
+        (out * target).sum().backward()
+        gradients.append([x_leaf.grad] + [w.grad for w in weights])
+    for masked, cached in zip(*gradients):
+        torch.testing.assert_close(cached, masked, atol=1e-5, rtol=1e-4)
+    assert gradients[1][0][:, :, :2].abs().sum() > 0  # the first block's input gets gradient from later blocks
+
+
+def test_a_video_longer_than_the_cache_keeps_the_sink_and_a_bounded_window():
+    model = tiny_transformer()
+    state = make_streaming(model, 6, 2)
+    x, text = inputs(frames=30, batch=1)
+    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    video, exits = stream_video(model, state, x, text, sigmas, 3, generator=generator)
+    assert video.shape == x.shape and torch.isfinite(video).all()
+    cached = [sorted(snapshot[0]) for _, _, snapshot in exits]
+    assert cached[0] == [] and cached[1] == [0, 1, 2]
+    # Every block finds what it sees; the cache keeps the sink and at most the window's 4 newest frames but one
+    # (what a next block of a single frame would see).
+    for (start, _, _), frames in zip(exits, cached):
+        assert set(visible_frames(start, start + 3, 6, 2)) <= set(frames)
+        assert frames[:2] == [0, 1] or start < 2
+        assert len(frames) <= 5
+    assert cached[-1] == [0, 1, 24, 25, 26]
+    assert state.cache[0] == {}  # the rollout leaves no cache behind
+
+
+def test_the_rope_offset_is_the_frames_absolute_position():
+    # A block at frame s embeds its frames at positions s.. : its rotary table equals the tail of the whole clip's.
+    model = tiny_transformer()
+    state = make_streaming(model)
+    x, _ = inputs()
+    whole = model.rope(x)
+    with state.block(5):
+        tail = model.rope(x[:, :, 5:])
+    tokens = (HEIGHT // 2) * (WIDTH // 2)
+    whole, tail = (t if isinstance(t, tuple) else (t.transpose(1, 2),) for t in (whole, tail))
+    for w, t in zip(whole, tail):
+        assert torch.equal(t, w[:, 5 * tokens :])
