@@ -139,3 +139,95 @@ def test_the_rope_offset_is_the_frames_absolute_position():
     whole, tail = (t if isinstance(t, tuple) else (t.transpose(1, 2),) for t in (whole, tail))
     for w, t in zip(whole, tail):
         assert torch.equal(t, w[:, 5 * tokens :])
+
+
+# ---------------------------------------------------------------- the converter from Self-Forcing / LongLive .pt
+
+# The keys of Self-Forcing's CausalWanModel (33593df wan/modules/causal_model.py, t2v) for one block, as its
+# state_dict() lists them: what ode_init.pt and longlive_base.pt hold under "model.".
+ORIGINAL_BLOCK_KEYS = [
+    "modulation", "self_attn.q.weight", "self_attn.q.bias", "self_attn.k.weight", "self_attn.k.bias",
+    "self_attn.v.weight", "self_attn.v.bias", "self_attn.o.weight", "self_attn.o.bias", "self_attn.norm_q.weight",
+    "self_attn.norm_k.weight", "norm3.weight", "norm3.bias", "cross_attn.q.weight", "cross_attn.q.bias",
+    "cross_attn.k.weight", "cross_attn.k.bias", "cross_attn.v.weight", "cross_attn.v.bias", "cross_attn.o.weight",
+    "cross_attn.o.bias", "cross_attn.norm_q.weight", "cross_attn.norm_k.weight", "ffn.0.weight", "ffn.0.bias",
+    "ffn.2.weight", "ffn.2.bias",
+]  # fmt: skip
+ORIGINAL_OTHER_KEYS = [
+    "patch_embedding.weight", "patch_embedding.bias", "text_embedding.0.weight", "text_embedding.0.bias",
+    "text_embedding.2.weight", "text_embedding.2.bias", "time_embedding.0.weight", "time_embedding.0.bias",
+    "time_embedding.2.weight", "time_embedding.2.bias", "time_projection.1.weight", "time_projection.1.bias",
+    "head.modulation", "head.head.weight", "head.head.bias",
+]  # fmt: skip
+# diffusers' name -> the original one, written from the two models' module names (not from diffusers' converter).
+TO_ORIGINAL = [
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("proj_out", "head.head"),
+    ("attn1.to_out.0", "self_attn.o"),
+    ("attn2.to_out.0", "cross_attn.o"),
+    ("attn1.to_", "self_attn."),
+    ("attn2.to_", "cross_attn."),
+    ("attn1.", "self_attn."),
+    ("attn2.", "cross_attn."),
+    ("norm2", "norm3"),  # the norm before cross-attention: diffusers' norm2, Wan's norm3
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
+    ("scale_shift_table", "modulation"),
+]
+
+
+def to_original(key):
+    if key == "scale_shift_table":
+        return "head.modulation"
+    for new, old in TO_ORIGINAL:
+        if new in key:
+            return key.replace(new, old, 1)
+    return key
+
+
+def write_original_checkpoint(path, model):
+    """A checkpoint as Self-Forcing writes it: the weights as 'generator' and an EMA of them (here: doubled) as
+    'generator_ema' with FSDP's wrapper names left in, under the wrapper's "model." prefix."""
+    state = {to_original(k): v for k, v in model.state_dict().items()}
+    layers = len(model.blocks)
+    assert sorted(state) == sorted(ORIGINAL_OTHER_KEYS + [f"blocks.{i}.{k}" for i in range(layers) for k in ORIGINAL_BLOCK_KEYS])
+    torch.save({
+        "generator": {f"model.{k}": v for k, v in state.items()},
+        "generator_ema": {f"model._fsdp_wrapped_module.{k}": 2 * v for k, v in state.items()},
+    }, path)  # fmt: skip
+
+
+def test_the_converter_reads_self_forcing_and_longlive_checkpoints(tmp_path):
+    from scripts.convert_wan_causal_to_diffusers import main
+
+    model = tiny_transformer(seed=3)
+    model.save_pretrained(tmp_path / "base" / "transformer")
+    write_original_checkpoint(tmp_path / "ode_init.pt", model)
+    for flags, scale in (([], 1), (["--use_ema"], 2)):
+        out = tmp_path / f"converted{scale}"
+        main(["--checkpoint", str(tmp_path / "ode_init.pt"), "--config", str(tmp_path / "base"), "--output_dir", str(out), *flags])
+        converted = WanTransformer3DModel.from_pretrained(out).state_dict()
+        assert converted.keys() == model.state_dict().keys()
+        assert all(torch.equal(converted[k], scale * v) for k, v in model.state_dict().items())
+
+
+def test_the_converter_refuses_a_checkpoint_of_another_size_with_one_sentence(tmp_path):
+    from scripts.convert_wan_causal_to_diffusers import main
+
+    tiny_transformer().save_pretrained(tmp_path / "base" / "transformer")
+    other = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=8, freq_dim=32, ffn_dim=16, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    )  # fmt: skip
+    write_original_checkpoint(tmp_path / "other.pt", other)
+    args = ["--checkpoint", str(tmp_path / "other.pt"), "--config", str(tmp_path / "base"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="does not fit the transformer of .*unexpected .*blocks.2"):
+        main(args)
+    torch.save({"optimizer": {}}, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit, match="has neither 'generator' nor 'model'"):
+        main(["--checkpoint", str(tmp_path / "bad.pt"), *args[2:]])
+    assert not (tmp_path / "out").exists()
