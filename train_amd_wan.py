@@ -62,8 +62,9 @@ WAN_NEGATIVE_PROMPT = (
 NUM_TRAIN_TIMESTEPS = 1000  # the transformer's timestep is sigma * 1000
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=SCRIPT, description="Adaptive Matching Distillation for Wan2.1 T2V.")
+def build_parser(prog=SCRIPT, description="Adaptive Matching Distillation for Wan2.1 T2V."):
+    """The flags, shared with the streaming trainer (train_amd_wan_streaming.py), which adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     group = parser.add_argument_group("models, reward and prompts")
     group.add_argument("--pretrained_model_name_or_path", required=True, help="Wan2.1 T2V pipeline folder or Hub id.")
     group.add_argument(
@@ -139,7 +140,11 @@ def parse_args(argv=None):
         max_grad_norm=10.0,
         lora_rank=64,
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser, args):
+    """Refuse bad flag values with one sentence (argparse's exit status 2) before anything is loaded."""
     check_shared_args(parser, args)
     check_prompt_args(parser, args)
     if (args.num_frames - 1) % 4 != 0:
@@ -153,6 +158,12 @@ def parse_args(argv=None):
         parser.error(f"--microbatch_size must be at least 1, got {args.microbatch_size}.")
     if min(args.student_timestep_shift, args.score_timestep_shift) <= 0:
         parser.error("--student_timestep_shift and --score_timestep_shift must be positive.")
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     return args
 
 
@@ -330,10 +341,6 @@ def main(args):
     num_groups = args.train_batch_size // args.group_size
     microbatch_size = args.microbatch_size
 
-    def real_x0(x_t, sigma, prompt_embeds):
-        """The real teacher: the base with adapters off, or the separate one."""
-        return predict_x0(real_transformer or model, None, x_t, sigma, prompt_embeds, microbatch_size)
-
     # ------------------------------------------------------------------ training loop (Algorithm 1)
     validation_prompts = args.validation_prompts or prompts[:4]
     validate = functools.partial(log_validation, accelerator, model, vae, embed, sigmas, args, validation_prompts)
@@ -363,16 +370,8 @@ def main(args):
         # 3. Student update: re-noise, score with real (cond / negative prompt) and fake teachers, compose
         # (Eqs. 7-10); the student's pass with grad per microbatch, each loss its share of the batch mean.
         if student_turn:
-            levels = score_noise_levels(args, shape[0], accelerator.device, args.score_timestep_shift)
-            x_t = flow_add_noise(x, torch.randn_like(x), levels)
-            with torch.no_grad():
-                x0_real_cond = real_x0(x_t, levels, prompt_embeds)
-                if args.real_guidance_scale != 1:
-                    negative = embed([args.negative_prompt], accelerator.device).expand_as(prompt_embeds)
-                    x0_real_uncond = real_x0(x_t, levels, negative)
-                else:
-                    x0_real_uncond = x0_real_cond
-                x0_fake = predict_x0(model, FAKE, x_t, levels, prompt_embeds, microbatch_size)
+            estimates = teacher_estimates(args, model, real_transformer, embed, x, prompt_embeds)
+            x0_real_cond, x0_real_uncond, x0_fake = estimates
 
             def student_losses():
                 for part in torch.arange(shape[0], device=accelerator.device).split(microbatch_size or shape[0]):
@@ -385,27 +384,50 @@ def main(args):
 
             logs.update(updates.step(STUDENT, student_losses(), global_step))
 
-        # 4. Fake teacher update: diffusion loss on the detached videos, weighted by W(a) (Eq. 14), at noise
-        # levels drawn as for the scores.
-        levels = score_noise_levels(args, shape[0], accelerator.device, args.score_timestep_shift)
-        noise = torch.randn_like(x)
-        weights = fake_sample_weights(advantages, args.sharpen)
-
-        def fake_losses():
-            for part in torch.arange(shape[0], device=accelerator.device).split(microbatch_size or shape[0]):
-                use_adapter(model, FAKE)
-                noisy = flow_add_noise(x[part], noise[part], levels[part]).to(weight_dtype)
-                timestep = levels[part] * NUM_TRAIN_TIMESTEPS
-                velocity = transformer(noisy, timestep=timestep, encoder_hidden_states=prompt_embeds[part]).sample
-                target = flow_model_target(x[part], noise[part])
-                yield weighted_denoising_loss(velocity, target, weights[part]) * len(part) / shape[0]
-
-        logs.update(updates.step(FAKE, fake_losses(), global_step))
+        # 4. Fake teacher update: diffusion loss on the detached videos, weighted by W(a) (Eq. 14).
+        losses = fake_losses(args, transformer, model, x, prompt_embeds, advantages, weight_dtype)
+        logs.update(updates.step(FAKE, losses, global_step))
         loop.end_step(logs, rewards, advantages)
 
     # ------------------------------------------------------------------ outputs
     loop.finish(functools.partial(save_outputs, args))
     return model
+
+
+def teacher_estimates(args, model, real_transformer, embed, x, prompt_embeds):
+    """The teachers' clean estimates of the student's videos ``x`` re-noised at score noise levels (no grad): the
+    real teacher's (the base with adapters off, or the separate one) with the prompt and, when guided, with the
+    negative prompt, and the fake's."""
+    levels = score_noise_levels(args, len(x), x.device, args.score_timestep_shift)
+    x_t = flow_add_noise(x, torch.randn_like(x), levels)
+    real, size = real_transformer or model, args.microbatch_size
+    with torch.no_grad():
+        x0_real_cond = predict_x0(real, None, x_t, levels, prompt_embeds, size)
+        x0_real_uncond = x0_real_cond
+        if args.real_guidance_scale != 1:
+            negative = embed([args.negative_prompt], x.device).expand_as(prompt_embeds)
+            x0_real_uncond = predict_x0(real, None, x_t, levels, negative, size)
+        x0_fake = predict_x0(model, FAKE, x_t, levels, prompt_embeds, size)
+    return x0_real_cond, x0_real_uncond, x0_fake
+
+
+def fake_losses(args, transformer, model, x, prompt_embeds, advantages, weight_dtype):
+    """The fake teacher's flow-matching losses on the detached videos ``x``, weighted by W(a) (Eq. 14), at noise
+    levels drawn as for the scores (drawn now), one per microbatch, each its share of the batch mean."""
+    levels = score_noise_levels(args, len(x), x.device, args.score_timestep_shift)
+    noise = torch.randn_like(x)
+    weights = fake_sample_weights(advantages, args.sharpen)
+
+    def losses():
+        for part in torch.arange(len(x), device=x.device).split(args.microbatch_size or len(x)):
+            use_adapter(model, FAKE)
+            noisy = flow_add_noise(x[part], noise[part], levels[part]).to(weight_dtype)
+            timestep = levels[part] * NUM_TRAIN_TIMESTEPS
+            velocity = transformer(noisy, timestep=timestep, encoder_hidden_states=prompt_embeds[part]).sample
+            target = flow_model_target(x[part], noise[part])
+            yield weighted_denoising_loss(velocity, target, weights[part]) * len(part) / len(x)
+
+    return losses()
 
 
 @torch.no_grad()

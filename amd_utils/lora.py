@@ -18,17 +18,21 @@ STUDENT, FAKE = "student", "fake"
 ADAPTERS = (STUDENT, FAKE)
 
 
-def add_student_and_fake_adapters(model, target_modules, rank, alpha=None, fake_rank=None):
+def add_student_and_fake_adapters(model, target_modules, rank, alpha=None, fake_rank=None, student_model=None):
     """Freeze ``model`` and inject the two adapters (B = 0, so both start as the teacher, as DMD2's fake
     teacher and student are initialized from it), their weights in float32; the fake's rank is ``fake_rank``
-    (default ``rank``), both scaled by peft's ``alpha / rank``. Returns ``{adapter_name: [parameters]}``."""
-    model.requires_grad_(False)
+    (default ``rank``), both scaled by peft's ``alpha / rank``. The student goes on ``student_model`` instead when
+    one is given (a student with a base of its own). Returns ``{adapter_name: [parameters]}``."""
+    models = {STUDENT: student_model or model, FAKE: model}
     for name, r in ((STUDENT, rank), (FAKE, fake_rank or rank)):
+        models[name].requires_grad_(False)
         config = LoraConfig(r=r, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights=True)
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the design
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            inject_adapter_in_model(config, model, adapter_name=name)
-    params = {name: [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n] for name in ADAPTERS}
+            inject_adapter_in_model(config, models[name], adapter_name=name)
+    params = {
+        name: [p for n, p in models[name].named_parameters() if "lora_" in n and f".{name}." in n] for name in ADAPTERS
+    }
     for p in params[STUDENT] + params[FAKE]:
         p.requires_grad_(True)  # injecting the second adapter froze the first
         p.data = p.data.float()  # trained in float32 whatever the base's dtype (mixed precision)

@@ -269,38 +269,47 @@ def make_accelerator(args, allow_fsdp=False):
     return accelerator, torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
 
 
-def prepare_adapters(accelerator, network, target_modules, args, save_extra=None, head=None):
+def prepare_adapters(accelerator, network, target_modules, args, save_extra=None, head=None, student_network=None,
+                     load_extra=None):  # fmt: skip
     """Freeze ``network``, add the ``student`` and ``fake`` adapters, turn on gradient checkpointing if asked,
     prepare it with accelerate together with both adapters' optimizers, and resume.
 
     Returns ``(network, model, updates, global_step)``: the prepared network for forwards whose gradient is
     synchronized across processes, the unwrapped ``model`` for passes without grad, the :class:`AdapterUpdates`
     and the step to start from. ``save_extra(folder, student_state_dict)`` adds a trainer's own files to every
-    checkpoint. A GAN discriminator ``head`` (``amd_utils.gan``) trains with the fake adapter, as a parameter
-    group of the fake's optimizer; it is prepared as a model of its own (``updates.head``) and checkpointed."""
-    network.to(accelerator.device).eval()  # eval: no dropout (DiT's label dropout included)
+    checkpoint, ``load_extra(folder, student_model)`` reads them back on resuming. A GAN discriminator ``head``
+    (``amd_utils.gan``) trains with the fake adapter, as a parameter group of the fake's optimizer; it is prepared
+    as a model of its own (``updates.head``) and checkpointed. A ``student_network`` (a student with a base of its
+    own) carries the student adapter instead of ``network``; ``updates.networks`` and ``updates.models`` then hold
+    each adapter's prepared and unwrapped network."""
+    students = [] if student_network is None else [student_network]
+    for module in [network, *students]:
+        module.to(accelerator.device).eval()  # eval: no dropout (DiT's label dropout included)
     adapter_params = add_student_and_fake_adapters(
-        network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank
+        network, target_modules, args.lora_rank, args.lora_alpha, args.fake_lora_rank, student_network
     )
     for param in adapter_params[STUDENT] + adapter_params[FAKE]:
         # Every process starts from the main process's random lora_A: DDP copies it when it wraps, FSDP would not.
         param.data = broadcast(param.data)
     if args.gradient_checkpointing:
-        network.enable_gradient_checkpointing()
+        for module in [network, *students]:
+            module.enable_gradient_checkpointing()
     heads = []
     if head is not None:
         heads = [head.to(accelerator.device)]  # DDP copies the main process's initial head when it wraps
         adapter_params[FAKE] = [{"params": adapter_params[FAKE]}, {"params": list(head.parameters())}]
     optimizers, lr_schedulers = make_optimizers(args, adapter_params, accelerator.num_processes)
     # One call: under FSDP accelerate shards the network and points the optimizers at the shards.
-    network, *prepared = accelerator.prepare(network, *optimizers.values(), *lr_schedulers.values(), *heads)
+    network, *prepared = accelerator.prepare(network, *students, *optimizers.values(), *lr_schedulers.values(), *heads)
+    students, prepared = prepared[: len(students)], prepared[len(students) :]
     # Under DDP, passes without grad skip the wrapper: they need no gradient sync, and their number may differ
     # between processes (backward simulation), which the wrapper's per-forward collectives cannot take. (FSDP
     # does not wrap: its forwards gather the weights, so every process must run the same passes.)
     model = accelerator.unwrap_model(network)
+    networks = {STUDENT: students[0] if students else network, FAKE: network}
     updates = AdapterUpdates(
-        accelerator, model, dict(zip(ADAPTERS, prepared[:2])), dict(zip(ADAPTERS, prepared[2:4])), args, save_extra,
-        prepared[4] if heads else None,
+        accelerator, networks, dict(zip(ADAPTERS, prepared[:2])), dict(zip(ADAPTERS, prepared[2:4])), args,
+        save_extra, prepared[4] if heads else None, load_extra,
     )  # fmt: skip
     return network, model, updates, resume(accelerator, args, updates)
 
@@ -337,11 +346,15 @@ def make_optimizers(args, adapter_params, num_processes):
 
 class AdapterUpdates:
     """Both adapters' optimizers and learning-rate schedules (prepared by ``accelerator``), the one way a
-    trainer updates an adapter (:meth:`step`), and their checkpoints (:meth:`save`, :meth:`load`). ``model`` is
-    the unwrapped network that carries the adapters."""
+    trainer updates an adapter (:meth:`step`), and their checkpoints (:meth:`save`, :meth:`load`). ``networks``
+    maps each adapter to the prepared network that carries it (one network for both, or a student of its own);
+    ``models`` to the unwrapped one."""
 
-    def __init__(self, accelerator, model, optimizers, lr_schedulers, args, save_extra=None, head=None):
-        self.accelerator, self.model, self.args, self.save_extra = accelerator, model, args, save_extra
+    def __init__(self, accelerator, networks, optimizers, lr_schedulers, args, save_extra=None, head=None,
+                 load_extra=None):  # fmt: skip
+        self.accelerator, self.args, self.save_extra, self.load_extra = accelerator, args, save_extra, load_extra
+        self.networks = networks
+        self.models = {name: accelerator.unwrap_model(network) for name, network in networks.items()}
         self.head = head  # the GAN discriminator head, prepared (None without the GAN term)
         self.optimizers, self.lr_schedulers = optimizers, lr_schedulers
         # The parameters the optimizers hold: under FSDP the shards that replaced the adapters' weights.
@@ -362,7 +375,7 @@ class AdapterUpdates:
             # Gradient checkpointing recomputes the checkpointed blocks of the forward inside backward(), through
             # whichever adapter is active then; the trainers switch adapters between a forward and its backward
             # (real teacher, fake), so activate the one whose loss this is, or its gradient is another one's.
-            use_adapter(self.model, name)
+            use_adapter(self.models[name], name)
             self.accelerator.backward(microbatch_loss)
             loss = loss + microbatch_loss.detach().float()
         grad_norm = self.accelerator.clip_grad_norm_(self.params[name], self.args.max_grad_norm)
@@ -397,7 +410,7 @@ class AdapterUpdates:
 
         Not ``accelerator.save_state`` with hooks, as diffusers' examples do: under FSDP it writes the whole
         frozen base and pairs the i-th optimizer with the i-th model, and there are two optimizers to one model."""
-        adapters = {name: lora_state_dict(self.model, name) for name in ADAPTERS}
+        adapters = {name: lora_state_dict(self.models[name], name) for name in ADAPTERS}
         optimizer_states = [optimizer_state(self.optimizers[name]) for name in ADAPTERS]
         if self.accelerator.is_main_process:
             for name in ADAPTERS:
@@ -414,11 +427,13 @@ class AdapterUpdates:
     def load(self, folder):
         """Load what :meth:`save` wrote (under FSDP each process keeps its shards of it)."""
         for name, file_name in zip(ADAPTERS, OPTIMIZER_FILES):
-            load_lora_state_dict(self.model, name, load_file(os.path.join(folder, f"{name}_lora.safetensors")))
+            load_lora_state_dict(self.models[name], name, load_file(os.path.join(folder, f"{name}_lora.safetensors")))
             state = torch.load(os.path.join(folder, file_name), map_location="cpu", weights_only=True)
             load_optimizer_state(self.optimizers[name], self.params[name], state)
         if self.head is not None:
             self.accelerator.unwrap_model(self.head).load_state_dict(load_file(os.path.join(folder, HEAD_FILE)))
+        if self.load_extra is not None:
+            self.load_extra(folder, self.models[STUDENT])
         schedulers = [self.lr_schedulers[name] for name in ADAPTERS]
         load_accelerator_state(folder, [], [], schedulers, [], self.accelerator.process_index)
 
@@ -449,11 +464,11 @@ def checkpoints(output_dir):
     return sorted(found, key=lambda d: int(CHECKPOINT.fullmatch(d)[1]))
 
 
-def check_adapters_fit(model, path):
+def check_adapters_fit(models, path):
     """Raise one sentence when the adapters saved in checkpoint ``path`` do not have the keys and shapes of
-    ``model``'s (another --lora_rank, --fake_lora_rank or target modules)."""
+    ``models``' (``{adapter: network}``; another --lora_rank, --fake_lora_rank or target modules)."""
     for name in ADAPTERS:
-        expected = lora_shapes(model, name)
+        expected = lora_shapes(models[name], name)
         with safe_open(os.path.join(path, f"{name}_lora.safetensors"), "pt") as f:
             saved = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
         if saved.keys() != expected.keys():
@@ -488,7 +503,7 @@ def resume(accelerator, args, updates):
     name = os.path.basename(os.path.normpath(path))
     if not CHECKPOINT.fullmatch(name) or not os.path.isfile(os.path.join(path, f"{STUDENT}_lora.safetensors")):
         raise ValueError(f"{path!r} is not a complete checkpoint-N folder written by this trainer.")
-    check_adapters_fit(updates.model, path)
+    check_adapters_fit(updates.models, path)
     if os.path.isfile(os.path.join(path, HEAD_FILE)) != (updates.head is not None):
         trained, now = ("with", "without") if updates.head is None else ("without", "with")
         raise ValueError(
@@ -622,7 +637,7 @@ class TrainingLoop:
             f"Median step time: {step_time_report(self.step_seconds, accelerator.device)}", main_process_only=False
         )
         accelerator.wait_for_everyone()
-        student = lora_state_dict(self.updates.model, STUDENT)
+        student = lora_state_dict(self.updates.models[STUDENT], STUDENT)
         if accelerator.is_main_process:
             save_outputs(student)
             if args.push_to_hub:

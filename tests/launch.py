@@ -167,6 +167,14 @@ def wan_args(tiny, output_dir, *extra):
     ]  # fmt: skip
 
 
+def wan_streaming_args(tiny, output_dir, *extra):
+    """train_amd_wan_streaming.py's flags for the ``tiny_wan`` fixture: wan_args at 9 frames (3 latent frames) in
+    blocks of 1 frame, a window of 2 with 1 sink frame (the middle frame leaves the cache), the EMA from the start."""
+    args = with_flags(wan_args(tiny, output_dir), {"--num_frames": "9"})
+    return [*args, "--num_frame_per_block", "1", "--local_attn_size", "2", "--sink_size", "1", "--ema_start_step", "0",
+            *extra]  # fmt: skip
+
+
 def train_in_process(trainer, args):
     """``trainer.main(trainer.parse_args(args))`` in this process, which skips an interpreter and its imports
     (seconds per run); returns the network carrying the trained adapters. accelerate's process-wide state is

@@ -8,7 +8,16 @@ import sys
 
 import pytest
 import torch
-from launch import checkpoint_adapters, sdxl_args, sit_args, tensorboard_scalars, train_in_process, wan_args, with_flags
+from launch import (
+    checkpoint_adapters,
+    sdxl_args,
+    sit_args,
+    tensorboard_scalars,
+    train_in_process,
+    wan_args,
+    wan_streaming_args,
+    with_flags,
+)
 from safetensors.torch import load_file
 from tiny_models import tiny_class_folders
 
@@ -16,11 +25,13 @@ import amd_utils.training
 import train_amd_sdxl
 import train_amd_sit
 import train_amd_wan
+import train_amd_wan_streaming
 
 TRAINERS = {
     "sit": (train_amd_sit, sit_args, "tiny_sit"),
     "sdxl": (train_amd_sdxl, sdxl_args, "tiny_sdxl"),
     "wan": (train_amd_wan, wan_args, "tiny_wan"),
+    "wan_streaming": (train_amd_wan_streaming, wan_streaming_args, "tiny_wan"),
 }
 REWARDS_MODULE = """
 import torch
@@ -66,6 +77,12 @@ def adapters_after(trainer, output_dir, steps, *flags):
         args(output_dir, "--max_train_steps", steps, "--checkpointing_steps", steps, "--fake_update_ratio", 1, *flags),
     )
     return checkpoint_adapters(output_dir / f"checkpoint-{steps}")
+
+
+def fake_loss_module(module):
+    """The module whose ``weighted_denoising_loss`` a trainer calls: the streaming trainer's fake losses are
+    train_amd_wan's."""
+    return train_amd_wan if module is train_amd_wan_streaming else module
 
 
 def max_difference(a, b, name):
@@ -171,8 +188,9 @@ def test_a_nan_reward_gets_advantage_zero_and_training_goes_on(trainer, tmp_path
 def test_a_non_finite_loss_skips_that_adapters_update(trainer, tmp_path, monkeypatch, broken):
     module, args = trainer
     loss_function = "student_loss" if broken == "student" else "weighted_denoising_loss"
-    original = getattr(module, loss_function)
-    monkeypatch.setattr(module, loss_function, lambda *a, **k: original(*a, **k) * float("nan"))
+    owner = fake_loss_module(module) if broken == "fake" else module
+    original = getattr(owner, loss_function)
+    monkeypatch.setattr(owner, loss_function, lambda *a, **k: original(*a, **k) * float("nan"))
     out = tmp_path / "out"
     train_in_process(
         module,
@@ -200,8 +218,10 @@ def test_a_non_finite_loss_skips_that_adapters_update(trainer, tmp_path, monkeyp
 
 def test_too_many_non_finite_steps_in_a_row_stop_the_run(trainer, tmp_path, monkeypatch):
     module, args = trainer
-    original = module.weighted_denoising_loss
-    monkeypatch.setattr(module, "weighted_denoising_loss", lambda *a, **k: original(*a, **k) * float("inf"))
+    original = fake_loss_module(module).weighted_denoising_loss
+    monkeypatch.setattr(
+        fake_loss_module(module), "weighted_denoising_loss", lambda *a, **k: original(*a, **k) * float("inf")
+    )
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
         train_in_process(
