@@ -316,7 +316,8 @@ def save_outputs(args, ema, student):
             "from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel\n"
             "from diffusers.utils import export_to_video\n\n"
             f'out = "{out}"\n'
-            f'pipe = DiffusionPipeline.from_pretrained("{base}", custom_pipeline=out, torch_dtype=torch.bfloat16)\n'
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", custom_pipeline=out, trust_remote_code=True,\n'
+            "                                         torch_dtype=torch.bfloat16)\n"
             f"{load_student}"
             'pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out, subfolder="scheduler")\n'
             'pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")\n'

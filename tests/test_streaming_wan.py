@@ -1,11 +1,14 @@
 """The streaming (block-causal) Wan of amd_utils/pipeline_wan_streaming.py on a tiny WanTransformer3DModel: with a
 window as long as the clip and one block it is the stock bidirectional model; block by block with the cache it is
 one pass under the block-causal mask, with and without grad; the window and sink are LongLive's; the cache stays
-bounded however long the video."""
+bounded however long the video. The converter from Self-Forcing / LongLive checkpoints, and train_amd_wan_streaming.py
+on the tiny Wan: its streaming pipeline reproduces its sample, a student of its own base, two processes."""
 
+import numpy as np
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from launch import assert_processes_agree, checkpoint_adapters, train_in_process, wan_streaming_args
 
 from amd_utils.pipeline_wan_streaming import block_causal_mask, make_streaming, stream_video, visible_frames
 
@@ -194,7 +197,8 @@ def write_original_checkpoint(path, model):
     'generator_ema' with FSDP's wrapper names left in, under the wrapper's "model." prefix."""
     state = {to_original(k): v for k, v in model.state_dict().items()}
     layers = len(model.blocks)
-    assert sorted(state) == sorted(ORIGINAL_OTHER_KEYS + [f"blocks.{i}.{k}" for i in range(layers) for k in ORIGINAL_BLOCK_KEYS])
+    blocks = [f"blocks.{i}.{k}" for i in range(layers) for k in ORIGINAL_BLOCK_KEYS]
+    assert sorted(state) == sorted(ORIGINAL_OTHER_KEYS + blocks)
     torch.save({
         "generator": {f"model.{k}": v for k, v in state.items()},
         "generator_ema": {f"model._fsdp_wrapped_module.{k}": 2 * v for k, v in state.items()},
@@ -209,7 +213,7 @@ def test_the_converter_reads_self_forcing_and_longlive_checkpoints(tmp_path):
     write_original_checkpoint(tmp_path / "ode_init.pt", model)
     for flags, scale in (([], 1), (["--use_ema"], 2)):
         out = tmp_path / f"converted{scale}"
-        main(["--checkpoint", str(tmp_path / "ode_init.pt"), "--config", str(tmp_path / "base"), "--output_dir", str(out), *flags])
+        main(["--checkpoint", str(tmp_path / "ode_init.pt"), "--config", str(tmp_path / "base"), "--output_dir", str(out), *flags])  # fmt: skip
         converted = WanTransformer3DModel.from_pretrained(out).state_dict()
         assert converted.keys() == model.state_dict().keys()
         assert all(torch.equal(converted[k], scale * v) for k, v in model.state_dict().items())
@@ -224,10 +228,79 @@ def test_the_converter_refuses_a_checkpoint_of_another_size_with_one_sentence(tm
         text_dim=8, freq_dim=32, ffn_dim=16, num_layers=3, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
     )  # fmt: skip
     write_original_checkpoint(tmp_path / "other.pt", other)
-    args = ["--checkpoint", str(tmp_path / "other.pt"), "--config", str(tmp_path / "base"), "--output_dir", str(tmp_path / "out")]
+    args = ["--checkpoint", str(tmp_path / "other.pt"), "--config", str(tmp_path / "base"), "--output_dir", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(SystemExit, match="does not fit the transformer of .*unexpected .*blocks.2"):
         main(args)
     torch.save({"optimizer": {}}, tmp_path / "bad.pt")
     with pytest.raises(SystemExit, match="has neither 'generator' nor 'model'"):
         main(["--checkpoint", str(tmp_path / "bad.pt"), *args[2:]])
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the trainer and its output on the tiny Wan
+
+
+def test_the_streaming_pipeline_reproduces_the_trainers_sample_and_streams_past_the_training_length(tiny_wan, tmp_path):
+    from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+
+    import train_amd_wan_streaming as trainer
+
+    out = tmp_path / "out"
+    args = trainer.parse_args([str(a) for a in wan_streaming_args(tiny_wan, out, "--max_train_steps", 2)])
+    student = train_in_process(trainer, wan_streaming_args(tiny_wan, out, "--max_train_steps", 2))
+    for path in ("pipeline.py", "pytorch_lora_weights.safetensors", "pytorch_lora_weights_ema.safetensors",
+                 "scheduler/scheduler_config.json", "README.md", "validation/step-2.gif"):  # fmt: skip
+        assert (out / path).exists(), path
+    card = (out / "README.md").read_text()
+    assert "custom_pipeline=out" in card and "num_frame_per_block=1, local_attn_size=2, sink_size=1" in card
+
+    # The trainer's own sample of its validation prompts, as it validates (the seed's generator on the CPU).
+    pipe = DiffusionPipeline.from_pretrained(tiny_wan["model"], custom_pipeline=str(out), trust_remote_code=True)
+    prompts = ["a cat", "a dog"]
+    embed = trainer.PromptEmbeddings(pipe, args.max_sequence_length, torch.float32)
+    sigmas = trainer.student_scheduler(args.num_student_steps, args.student_timestep_shift).sigmas
+    shape = (2, 16, 3, 2, 2)
+    expected = trainer.sample_latents(student, student.stream_state, embed, sigmas, args, prompts, 0, shape, "cpu")
+
+    assert type(pipe).__name__ == "WanStreamingPipeline"
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(out, subfolder="scheduler")
+    pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")
+    settings = dict(height=16, width=16, num_inference_steps=4, num_frame_per_block=1, local_attn_size=2, sink_size=1,
+                    max_sequence_length=8)  # fmt: skip
+    latents = pipe(prompts, num_frames=9, generator=torch.Generator().manual_seed(0), output_type="latent", **settings)
+    torch.testing.assert_close(latents.frames, expected, atol=1e-5, rtol=1e-5)
+    # 41 frames: 11 latent frames through a cache that holds 2; a video of them.
+    video = pipe("a cat", num_frames=41, generator=torch.Generator().manual_seed(1), **settings).frames
+    assert video.shape == (1, 41, 16, 16, 3) and np.isfinite(video).all()
+
+
+def test_a_causal_student_of_its_own_trains_from_a_converted_checkpoint(tiny_wan, tmp_path):
+    # Self-Forcing's ode_init.pt -> the converter -> --student_model_name_or_path: the student adapter goes on that
+    # network, the fake stays on the base; the student's base weights are the checkpoint's, not the base's.
+    from diffusers import WanTransformer3DModel
+
+    import train_amd_wan_streaming as trainer
+    from scripts.convert_wan_causal_to_diffusers import main as convert
+
+    base = WanTransformer3DModel.from_pretrained(tiny_wan["model"], subfolder="transformer")
+    causal = WanTransformer3DModel.from_config(base.config)  # other weights: a fresh random init
+    write_original_checkpoint(tmp_path / "ode_init.pt", causal)
+    convert(["--checkpoint", str(tmp_path / "ode_init.pt"), "--config", tiny_wan["model"], "--output_dir", str(tmp_path / "ode_init")])  # fmt: skip
+    out = tmp_path / "out"
+    flags = ("--max_train_steps", 2, "--fake_update_ratio", 1, "--student_model_name_or_path", tmp_path / "ode_init")
+    student = train_in_process(trainer, wan_streaming_args(tiny_wan, out, *flags))
+    assert all(".fake." not in name for name, _ in student.named_parameters())
+    block = student.blocks[0].attn1.to_q
+    assert torch.equal(block.base_layer.weight, causal.blocks[0].attn1.to_q.weight)
+    adapters = checkpoint_adapters(out / "checkpoint-2")
+    assert all(adapters["student"][k].abs().sum() > 0 for k in adapters["student"] if "lora_B" in k)
+    assert "ode_init" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_both_processes_of_a_two_process_streaming_run_end_with_the_same_adapters(tiny_wan, tmp_path):
+    assert_processes_agree(
+        "train_amd_wan_streaming.py",
+        wan_streaming_args(tiny_wan, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"),
+        tmp_path / "dump",
+    )

@@ -454,6 +454,18 @@ BAD_INPUT = [
     ),
     ("sit", {"--pretrained_vae_model_name_or_path": "/no/such/vae"}, "cannot load the VAE '/no/such/vae'"),
     (
+        "wan_streaming",
+        {"--num_frame_per_block": "2"},
+        "--num_frames 9 gives 3 latent frames, not a multiple of --num_frame_per_block 2",
+    ),
+    ("wan_streaming", {"--local_attn_size": "1"}, "--local_attn_size must be -1 or leave room for a block"),
+    ("wan_streaming", {"--ema_decay": "1"}, "--ema_decay must be in [0, 1)"),
+    (
+        "wan_streaming",
+        {"--student_model_name_or_path": "/no/such/student"},
+        "cannot load the student's transformer from '/no/such/student'",
+    ),
+    (
         "sit",
         {"--resume_from_checkpoint": "latest", "--fake_lora_rank": "8"},
         "the fake adapter in <out>/checkpoint-2 has rank 4: resume with the --fake_lora_rank it was trained with",

@@ -17,7 +17,7 @@ made = []  # the run's AdapterUpdates, which holds the GAN head
 original_init = AdapterUpdates.__init__
 AdapterUpdates.__init__ = lambda self, *args, **kwargs: made.append(self) or original_init(self, *args, **kwargs)
 trainer, folder = importlib.import_module(sys.argv[1]), sys.argv[2]
-model = trainer.main(trainer.parse_args(sys.argv[3:]))
+trainer.main(trainer.parse_args(sys.argv[3:]))
 rank = PartialState().process_index
 if made[0].head is not None:
     head = made[0].accelerator.unwrap_model(made[0].head)
@@ -25,4 +25,4 @@ if made[0].head is not None:
         {k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(folder, f"rank{rank}_head.safetensors")
     )
 for name in ADAPTERS:
-    save_file(lora_state_dict(model, name), os.path.join(folder, f"rank{rank}_{name}.safetensors"))
+    save_file(lora_state_dict(made[0].models[name], name), os.path.join(folder, f"rank{rank}_{name}.safetensors"))
