@@ -5,6 +5,7 @@
     python benchmarks/estimate_memory.py --model sit --train_batch_size 32
     python benchmarks/estimate_memory.py --model wan --wan_size 14B            # 480 x 832 x 81
     python benchmarks/estimate_memory.py --model wan --wan_size 14B --num_frames 49 --height 480 --width 832
+    python benchmarks/estimate_memory.py --model wan_streaming  # the streaming trainer, 1.3B (its two bases: 1.3B)
 
 The networks are built on the meta device from their published configurations (``benchmark_step.CONFIGS``); each
 weight becomes a ``FakeTensor`` on the CPU (a tensor with a shape and no data), and the trainer's own ``main()``
@@ -226,16 +227,17 @@ def estimate(model, size="full", train_batch_size=None, wan_size="1.3B", extra_f
     flags (bf16, TF32, K = 4; for SDXL and Wan gradient checkpointing, for Wan ``--microbatch_size 1``, 8-bit Adam and
     UMT5 on the CPU) and ``extra_flags`` after them. Returns ``{"peak": bytes, "loaded": {class name: bytes}}``, the
     second the frozen networks on the GPU (base, VAE, text encoders, reward), which the peak includes."""
-    config = CONFIGS[model][size]
-    if model == "wan" and size == "full" and wan_size == "14B":
+    family = "wan" if model == "wan_streaming" else model  # the streaming trainer runs on the Wan pipeline
+    config = CONFIGS[family][size]
+    if family == "wan" and size == "full" and wan_size == "14B":
         config = {**config, **CONFIGS["wan"]["full-14b"]}
-    train_batch_size = train_batch_size or TRAIN_BATCH_SIZE[model]
+    train_batch_size = train_batch_size or TRAIN_BATCH_SIZE[family]
     counter = LiveStorages()
     with tempfile.TemporaryDirectory() as folder:
-        flags = build(model, config, size, folder, device=None)
+        flags = build(family, config, size, folder, device=None)
         flags += [
             "--pretrained_model_name_or_path", os.path.join(folder, "model"), "--output_dir", os.path.join(folder, "o"),
-            "--train_batch_size", str(train_batch_size), "--group_size", "4", "--lora_rank", str(LORA_RANK[model]),
+            "--train_batch_size", str(train_batch_size), "--group_size", "4", "--lora_rank", str(LORA_RANK[family]),
             "--max_train_steps", "2", "--fake_update_ratio", "1", "--validation_steps", "1000",
             "--checkpointing_steps", "1000", "--report_to", "none", "--mixed_precision", "bf16", "--allow_tf32",
             *extra_flags,
@@ -246,7 +248,7 @@ def estimate(model, size="full", train_batch_size=None, wan_size="1.3B", extra_f
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(CONFIGS), default="sdxl")
+    parser.add_argument("--model", choices=[*sorted(CONFIGS), "wan_streaming"], default="sdxl")
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--train_batch_size", type=int, default=None, help="Default: 4 (sdxl, wan), 32 (sit).")
     parser.add_argument("--wan_size", choices=["1.3B", "14B"], default="1.3B")

@@ -205,9 +205,9 @@ def model_kind(path):
     raise ValueError(f"{path!r} holds a {class_name}: this script evaluates SDXL, SiT and Wan pipelines.")
 
 
-def card_setting(path, name, trainer):
-    """A setting of the student, from the settings table of the model card ``trainer`` writes (the student's
-    timesteps for SDXL, its number of steps for Wan)."""
+def card_settings(path, trainer):
+    """The settings table of the model card ``trainer`` wrote for the student ``path`` (a folder or Hub id):
+    ``{name: value}``, values read as Python literals where they are one (numbers, lists), else as text."""
     card = os.path.join(path, "README.md")
     if not os.path.isdir(path):
         from huggingface_hub import hf_hub_download
@@ -218,10 +218,22 @@ def card_setting(path, name, trainer):
             raise ValueError(f"cannot fetch the model card of the student {path!r} ({type(error).__name__}).") from None
     if not os.path.isfile(card):
         raise ValueError(f"{path!r} holds no model card (README.md): is it a {trainer} output?")
-    match = re.search(rf"\| `{name}` \| `([\[\]\d, ]+)` \|", open(card, encoding="utf-8").read())
-    if match is None:
+    settings = {}
+    for name, value in re.findall(r"^\| `(\w+)` \| `([^`]*)` \|$", open(card, encoding="utf-8").read(), re.M):
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[name] = value
+    return settings
+
+
+def card_setting(path, name, trainer):
+    """A setting of the student from its model card (the student's timesteps for SDXL, its number of steps for
+    Wan): see :func:`card_settings`."""
+    settings = card_settings(path, trainer)
+    if name not in settings:
         raise ValueError(f"the model card of {path!r} states no {name}: is it a {trainer} output?")
-    return ast.literal_eval(match.group(1))
+    return settings[name]
 
 
 def sdxl_rows(args, device, dtype):
@@ -274,16 +286,20 @@ def sit_rows(args, device, dtype):
 def wan_rows(args, device, dtype):
     """The same for Wan: the teacher with CFG and Wan's negative prompt (the trainer's unconditional), then every
     student LoRA with the scheduler it ships and no guidance. One video per call, the global seed set to the
-    generator's: the student's stochastic scheduler re-noises from the global RNG."""
+    generator's: the student's stochastic scheduler re-noises from the global RNG. A streaming student
+    (train_amd_wan_streaming.py) samples with its streaming pipeline, on its own causal base if it has one, with the
+    block, window and sink of its card (its noise comes from the generator alone)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
+    from amd_utils.pipeline_wan_streaming import WanStreamingPipeline
     from train_amd_wan import WAN_NEGATIVE_PROMPT
+    from train_amd_wan_streaming import load_student_base
 
     pipe = WanPipeline.from_pretrained(args.pretrained_model_name_or_path, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     teacher_scheduler = pipe.scheduler
 
-    def sample(prompts, generators, **settings):
+    def sample(pipe, prompts, generators, **settings):
         videos = []
         for prompt, generator in zip(prompts, generators):
             torch.manual_seed(generator.initial_seed())
@@ -293,13 +309,23 @@ def wan_rows(args, device, dtype):
 
     w = args.teacher_guidance_scale
     teacher = {"num_inference_steps": args.teacher_steps, "guidance_scale": w, "negative_prompt": WAN_NEGATIVE_PROMPT}
-    yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, **teacher)
+    yield f"teacher, {args.teacher_steps} steps, w = {w:g}", "teacher", functools.partial(sample, pipe, **teacher)
     for name, path in args.students.items():
-        steps = card_setting(path, "num_student_steps", "train_amd_wan.py")
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
-        pipe.load_lora_weights(path, weight_name=LORA_WEIGHTS)
-        yield name, _folder_name(name), functools.partial(sample, num_inference_steps=steps, guidance_scale=1.0)
-        pipe.unload_lora_weights()
+        settings = card_settings(path, "train_amd_wan.py")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+        student, student_settings = pipe, {"num_inference_steps": settings["num_student_steps"], "guidance_scale": 1.0}
+        if "num_frame_per_block" in settings:
+            transformer = pipe.transformer
+            if settings["student_model"] != args.pretrained_model_name_or_path:
+                transformer = load_student_base(settings["student_model"], dtype).to(device)
+            student = WanStreamingPipeline(**{**pipe.components, "transformer": transformer})
+            student.set_progress_bar_config(disable=True)
+            del student_settings["guidance_scale"]  # the streaming pipeline has none
+            student_settings.update({k: settings[k] for k in ("num_frame_per_block", "local_attn_size", "sink_size")})
+        student.scheduler = scheduler
+        student.load_lora_weights(path, weight_name=LORA_WEIGHTS)
+        yield name, _folder_name(name), functools.partial(sample, student, **student_settings)
+        student.unload_lora_weights()
         pipe.scheduler = teacher_scheduler
 
 
@@ -656,6 +682,12 @@ def main(argv=None):
                 card_setting(path, "student_timesteps", "train_amd_sdxl.py")
             elif kind == "wan":
                 card_setting(path, "num_student_steps", "train_amd_wan.py")
+                block = card_settings(path, "train_amd_wan.py").get("num_frame_per_block")
+                if block and ((args.num_frames - 1) // 4 + 1) % block:
+                    raise ValueError(
+                        f"the streaming student {path!r} makes blocks of {block} latent frames: give --num_frames "
+                        f"4 * ({block} * n) - 3, not {args.num_frames}."
+                    )
             elif model_kind(path) != "sit":
                 raise ValueError(f"the student {path!r} is not a SiT pipeline folder.")
         conditions = conditions_for(args, kind)

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from diffusers import LCMScheduler, StableDiffusionXLPipeline
-from launch import sdxl_args, sit_args, train_in_process, wan_args
+from launch import sdxl_args, sit_args, train_in_process, wan_args, wan_streaming_args
 from PIL import Image
 from tiny_models import tiny_clip_folder
 
 import train_amd_sdxl
 import train_amd_sit
 import train_amd_wan
+import train_amd_wan_streaming
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loaded from its file under its own name: ``evaluate`` is also the name of a Hugging Face package.
@@ -216,6 +217,38 @@ def test_wan_rows_videos_grid_and_resume(tiny_wan, wan_student, tmp_path, monkey
     run(argv)
     assert all(os.path.getmtime(student / f"{i:06d}.mp4") == mtime for i, mtime in kept.items())
     assert (student / "000001.mp4").exists()
+
+
+def test_a_streaming_student_row_is_its_streaming_pipeline(tiny_wan, tmp_path):
+    # The student's card names its block, window, sink and causal base; the row samples with the pipeline.py it ships.
+    from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+
+    student = tmp_path / "streaming"
+    train_in_process(train_amd_wan_streaming, wan_streaming_args(tiny_wan, student, "--max_train_steps", "1"))
+    argv = ["--pretrained_model_name_or_path", tiny_wan["model"], "--student", f"live={student}", "--prompts_file",
+            tiny_wan["prompts"], "--num_frames", "13", "--height", "16", "--width", "16", "--metrics", "frames:clip",
+            "--metric_model", f"clip={tiny_wan['reward']}", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    args = evaluate.parse_args(argv)
+    args.teacher_guidance_scale = 4.0
+    rows = evaluate.wan_rows(args, "cpu", torch.float32)
+    next(rows)
+    name, _, sample = next(rows)
+    ours = sample(["a dog"], [torch.Generator("cpu").manual_seed(1)])[0]
+    pipe = DiffusionPipeline.from_pretrained(tiny_wan["model"], custom_pipeline=str(student), trust_remote_code=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(student, subfolder="scheduler")
+    pipe.load_lora_weights(student, weight_name="pytorch_lora_weights.safetensors")
+    direct = pipe("a dog", height=16, width=16, num_frames=13, num_inference_steps=4, num_frame_per_block=1,
+                  local_attn_size=2, sink_size=1, generator=torch.Generator().manual_seed(1), output_type="pt").frames[0]  # fmt: skip
+    assert name == "live" and ours.shape == (13, 3, 16, 16)
+    torch.testing.assert_close(ours, direct, rtol=0, atol=0)
+    # An evaluation length its blocks do not divide gets one sentence (blocks of 1 divide all: make them 3).
+    card = student / "README.md"
+    card.write_text(card.read_text().replace("| `num_frame_per_block` | `1` |", "| `num_frame_per_block` | `3` |"))
+    with pytest.raises(
+        SystemExit, match=r"makes blocks of 3 latent frames: give --num_frames 4 \* \(3 \* n\) - 3, not 13"
+    ):
+        evaluate.main([*argv, "--num_samples", "1", "--teacher_steps", "1"])
+    assert not (tmp_path / "eval").exists()
 
 
 VBENCH_STUB = """
