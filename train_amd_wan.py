@@ -441,14 +441,15 @@ def log_validation(accelerator, model, vae, embed, sigmas, args, prompts, global
     return save_and_log_video_grid(accelerator, videos, args.output_dir, global_step)
 
 
-def save_student_lora(folder, student, args):
-    """``pytorch_lora_weights.safetensors`` for ``WanPipeline.load_lora_weights`` (the ``student`` adapter's
-    state dict with its LoRA config in the metadata) and the scheduler that samples it, in ``scheduler/``."""
+def save_student_lora(folder, student, args, weight_name="pytorch_lora_weights.safetensors"):
+    """``weight_name`` for ``WanPipeline.load_lora_weights`` (the ``student`` adapter's state dict with its LoRA
+    config in the metadata) and the scheduler that samples it, in ``scheduler/``."""
     config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, target_modules=LORA_TARGET_MODULES)
     WanPipeline.save_lora_weights(
         folder,
         transformer_lora_layers=student,
         transformer_lora_adapter_metadata=config.to_dict(),
+        weight_name=weight_name,
     )
     student_scheduler(args.num_student_steps, args.student_timestep_shift).save_pretrained(
         os.path.join(folder, "scheduler")

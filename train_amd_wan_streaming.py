@@ -33,7 +33,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import broadcast
 from diffusers import WanTransformer3DModel
 from diffusers.utils.torch_utils import randn_tensor
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import train_amd_wan
 from amd_utils import pipeline_wan_streaming
@@ -147,8 +147,10 @@ class StudentEMA:
         return {k: unsharded(v).cpu().contiguous() for k, v in self.weights.items()}
 
     def load(self, model, path):
+        """Read the EMA from a file in diffusers' LoRA format (keys under ``transformer.``)."""
         params = self.student_weights(model)
-        self.weights = {k: sharded_like(v, params[k]).to(params[k].device) for k, v in load_file(path).items()}
+        saved = {k.removeprefix("transformer."): v for k, v in load_file(path).items()}
+        self.weights = {k: sharded_like(v, params[k]).to(params[k].device) for k, v in saved.items()}
 
 
 def main(args):
@@ -169,7 +171,7 @@ def main(args):
         def save_extra(folder, student):  # checkpoints hold diffusers' LoRA format and the EMA too
             save_student_lora(folder, student, args)
             if ema.weights is not None:
-                save_file(ema.state_dict(), os.path.join(folder, EMA_FILE))
+                save_student_lora(folder, ema.state_dict(), args, EMA_FILE)
 
         def load_extra(folder, student_model):
             if os.path.isfile(os.path.join(folder, EMA_FILE)):
@@ -283,7 +285,7 @@ def save_outputs(args, ema, student):
     """The student LoRA (and its EMA), its scheduler, the streaming pipeline as ``pipeline.py`` and a model card."""
     save_student_lora(args.output_dir, student, args)
     if ema.weights is not None:
-        save_file(ema.state_dict(), os.path.join(args.output_dir, EMA_FILE))
+        save_student_lora(args.output_dir, ema.state_dict(), args, EMA_FILE)
     shutil.copy(pipeline_wan_streaming.__file__, os.path.join(args.output_dir, "pipeline.py"))
     steps, base = args.num_student_steps, args.pretrained_model_name_or_path
     out = args.hub_model_id or args.output_dir

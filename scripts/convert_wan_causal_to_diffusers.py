@@ -68,7 +68,7 @@ def main(argv=None):
     try:
         config = WanTransformer3DModel.load_config(args.config, subfolder="transformer")
     except (OSError, ValueError):
-        raise SystemExit(f"cannot read a Wan transformer config from {args.config!r}: give a pipeline folder or Hub id.")
+        raise SystemExit(f"cannot read a Wan transformer config from {args.config!r}: give a pipeline folder.")
     try:
         state = original_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True), args.use_ema)
     except ValueError as err:

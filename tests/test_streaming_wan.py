@@ -4,6 +4,8 @@ one pass under the block-causal mask, with and without grad; the window and sink
 bounded however long the video. The converter from Self-Forcing / LongLive checkpoints, and train_amd_wan_streaming.py
 on the tiny Wan: its streaming pipeline reproduces its sample, a student of its own base, two processes."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,37 @@ def test_both_processes_of_a_two_process_streaming_run_end_with_the_same_adapter
         wan_streaming_args(tiny_wan, tmp_path / "out", "--max_train_steps", "3", "--fake_update_ratio", "1"),
         tmp_path / "dump",
     )
+
+
+def test_the_ema_starts_as_a_copy_then_averages_resumes_and_loads_as_a_lora(tiny_wan, tmp_path):
+    from diffusers import DiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    import train_amd_wan_streaming as trainer
+
+    flags = ("--fake_update_ratio", 1, "--checkpointing_steps", 1, "--ema_start_step", 1, "--ema_decay", 0.25)
+    out = tmp_path / "out"
+    train_in_process(trainer, wan_streaming_args(tiny_wan, out, "--max_train_steps", 3, *flags))
+    student = {step: checkpoint_adapters(out / f"checkpoint-{step}")["student"] for step in (1, 2, 3)}
+    ema = {step: load_file(out / f"checkpoint-{step}" / trainer.EMA_FILE) for step in (2, 3)}
+    assert not (out / "checkpoint-1" / trainer.EMA_FILE).exists()  # before --ema_start_step
+    for key, value in student[2].items():
+        assert torch.equal(ema[2][f"transformer.{key}"], value)  # a copy at its first update
+        expected = 0.25 * value + 0.75 * student[3][key]
+        torch.testing.assert_close(ema[3][f"transformer.{key}"], expected, atol=1e-7, rtol=0)
+    # Resumed from checkpoint 2, the run ends with the same EMA.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    train_in_process(
+        trainer,
+        wan_streaming_args(tiny_wan, resumed, "--max_train_steps", 3, "--resume_from_checkpoint", "latest", *flags),
+    )
+    again = load_file(resumed / "checkpoint-3" / trainer.EMA_FILE)
+    assert all(torch.equal(again[key], value) for key, value in ema[3].items())
+    # The output's EMA loads with load_lora_weights.
+    pipe = DiffusionPipeline.from_pretrained(tiny_wan["model"], custom_pipeline=str(out), trust_remote_code=True)
+    pipe.load_lora_weights(out, weight_name=trainer.EMA_FILE, adapter_name="ema")
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="ema")
+    assert loaded.keys() == student[3].keys()
+    assert all(torch.equal(loaded[key], ema[3][f"transformer.{key}"]) for key in loaded)

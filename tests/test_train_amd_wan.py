@@ -19,10 +19,12 @@ from launch import (
     tensorboard_scalars,
     train_in_process,
     wan_args,
+    wan_streaming_args,
 )
 from safetensors.torch import load_file
 
 import train_amd_wan
+import train_amd_wan_streaming
 from amd_utils.parameterization import shift_noise_level
 from amd_utils.rewards import frame_averaged_reward, load_video_reward
 
@@ -99,19 +101,22 @@ def test_stock_wan_pipeline_with_the_saved_scheduler_and_lora_reproduces_the_tra
     assert (student - base).abs().max() > 1e-3
 
 
-def test_microbatches_give_the_same_gradients_and_adapters(tiny_wan, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_microbatches_give_the_same_gradients_and_adapters(tiny_wan, tmp_path, streaming):
     # Every loss is a per-video mean, so splitting the batch and accumulating gradients is exact up to the order
     # of float sums: the gradient norms agree to float rounding (a microbatch loss not weighted by its share of
     # the batch would be off by 4x). Adam divides by the root of the second moment plus epsilon, which turns a
     # rounding difference in a gradient element near 0 into up to lr * difference / epsilon of the weight, and the
     # next steps' gradients follow: epsilon 1e-4 (not Adam's 1e-8) keeps both within the tolerances on diffusers
-    # 0.34 too (measured at 1e-8 there: gradient norms 1.2e-5 relative apart at the third step).
+    # 0.34 too (measured at 1e-8 there: gradient norms 1.2e-5 relative apart at the third step). The streaming
+    # trainer reruns each block's exit step per microbatch, from the rows of its saved cache.
+    trainer, make_args = (train_amd_wan_streaming, wan_streaming_args) if streaming else (train_amd_wan, wan_args)
     adapters, logs = {}, {}
     for size in (None, 1):
         out = tmp_path / f"microbatch-{size}"
         flags = ["--max_train_steps", 3, "--fake_update_ratio", 1, "--checkpointing_steps", 3, "--report_to",
                  "tensorboard", "--adam_epsilon", "1e-4"]  # fmt: skip
-        train_in_process(train_amd_wan, wan_args(tiny_wan, out, *flags, *(["--microbatch_size", size] if size else [])))
+        train_in_process(trainer, make_args(tiny_wan, out, *flags, *(["--microbatch_size", size] if size else [])))
         adapters[size], logs[size] = checkpoint_adapters(out / "checkpoint-3"), tensorboard_scalars(out)
     for name in ("student", "fake"):
         torch.testing.assert_close(logs[1][f"grad_norm/{name}"], logs[None][f"grad_norm/{name}"], rtol=1e-5, atol=0)
