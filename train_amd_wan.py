@@ -216,6 +216,13 @@ def load_models(args, device, dtype):
     return transformer, real_transformer, vae, text_pipeline, reward
 
 
+def check_reward(reward, args, prompts, device):
+    """Score a group of grey videos, so that a reward that breaks on a batch fails before anything is written."""
+    if reward is not None:
+        grey = torch.full((args.group_size, args.num_frames, 3, args.height, args.width), 0.5, device=device)
+        score(reward, grey, prompts[:1] * args.group_size)
+
+
 class PromptEmbeddings:
     """UMT5 embeddings of prompts as WanPipeline makes them, each prompt encoded once under no_grad and kept on
     the CPU (UMT5-XXL may live there too: ``--text_encoder_device cpu``)."""
@@ -328,11 +335,7 @@ def main(args):
                 fully_shard(block)
             fully_shard(real_transformer)
         shape = latent_shape(args, args.train_batch_size, model, vae)
-        if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
-            grey = torch.full(
-                (args.group_size, args.num_frames, 3, args.height, args.width), 0.5, device=accelerator.device
-            )
-            score(reward, grey, prompts[:1] * args.group_size)
+        check_reward(reward, args, prompts, accelerator.device)
     except ValueError as error:
         exit_bad_input(SCRIPT, error)
 

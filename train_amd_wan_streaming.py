@@ -54,6 +54,7 @@ from amd_utils.training import (
 from train_amd_wan import (
     LORA_TARGET_MODULES,
     PromptEmbeddings,
+    check_reward,
     fake_losses,
     latent_shape,
     load_models,
@@ -184,11 +185,7 @@ def main(args):
         student_network, student_model = updates.networks[STUDENT], updates.models[STUDENT]
         stream = make_streaming(student_model, args.local_attn_size, args.sink_size)
         shape = latent_shape(args, args.train_batch_size, model, vae)
-        if reward is not None:  # a reward that breaks on a batch fails here, before anything is written
-            grey = torch.full(
-                (args.group_size, args.num_frames, 3, args.height, args.width), 0.5, device=accelerator.device
-            )
-            score(reward, grey, prompts[:1] * args.group_size)
+        check_reward(reward, args, prompts, accelerator.device)
     except ValueError as error:
         exit_bad_input(SCRIPT, error)
 

@@ -15,7 +15,8 @@ Rows (bf16, TF32, LoRA rank 64, K = 4, as benchmarks/benchmark_step.py runs them
   difference of that change between the two runs (bf16 rounding: ~1e-2; recomputing through the wrong adapter,
   the bug fixed before: above 1);
 - Wan2.1-T2V-1.3B at 480 x 832 x 81, batch 4, ``--microbatch_size 1``, gradient checkpointing, 8-bit Adam, UMT5 on
-  the CPU: step times and peak memory beside the estimate.
+  the CPU: step times and peak memory beside the estimate; the same for the streaming trainer
+  (``train_amd_wan_streaming.py``: blocks of 3 latent frames, window 12, sink 3, the student on the base).
 The estimates run on the CPU in other processes while the GPU runs.
 """
 
@@ -34,15 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_step import CONFIGS, LORA_RANK, REPO, build, run_trainer  # noqa: E402
 
 REPORT = re.compile(r"([\d.]+) s with a student update, ([\d.]+) s fake update only(?:; peak GPU memory ([\d.]+) GiB)?")
+# The tiny video has 2 latent frames: blocks of 1, a window of 2 with 1 sink frame.
+STREAMING_TINY = ["--num_frame_per_block", "1", "--local_attn_size", "2", "--sink_size", "1"]
 GRADIENT_FLAGS = ["--max_train_steps", "2", "--fake_update_ratio", "1", "--checkpointing_steps", "1", "--adam_beta1",
                   "0", "--adam_epsilon", "1e3", "--adam_weight_decay", "0", "--learning_rate", "1"]  # fmt: skip
 
 
-def start_estimate(model, size, batch):
+def start_estimate(model, size, batch, extra=()):
     """benchmarks/estimate_memory.py in another process (on the CPU), its output into a temporary file; returns
     both."""
     command = [sys.executable, os.path.join(REPO, "benchmarks", "estimate_memory.py"), "--model", model, "--size", size,
-               "--train_batch_size", str(batch)]  # fmt: skip
+               "--train_batch_size", str(batch), *extra]  # fmt: skip
     output = tempfile.TemporaryFile(mode="w+")
     return subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True), output
 
@@ -75,8 +78,10 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA GPU: without one, run the tiny version with --device cpu.")
     size = "full" if args.device == "cuda" else "tiny"
+    streaming = STREAMING_TINY if size == "tiny" else []
     estimates = {(model, batch): start_estimate(model, size, batch) for model, batch in (("sdxl", 4), ("sdxl", 8),
                                                                                         ("wan", 4))}  # fmt: skip
+    estimates["wan_streaming", 4] = start_estimate("wan_streaming", size, 4, streaming)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         sdxl, wan = os.path.join(folder, "sdxl"), os.path.join(folder, "wan")
@@ -102,6 +107,8 @@ def main():
         rows.append(
             ("Wan2.1-1.3B amd", 4, REPORT.search(run_trainer("wan", wan, flags, "amd", run)).groups(), ("wan", 4))
         )
+        report = run_trainer("wan_streaming", wan, flags, "amd", run, name="streaming", extra=streaming)
+        rows.append(("Wan2.1-1.3B streaming amd", 4, REPORT.search(report).groups(), ("wan_streaming", 4)))
 
     video = "x".join(map(str, CONFIGS["wan"][size]["video"]))
     print(f"\n{size} size on {args.device}; SDXL at {CONFIGS['sdxl'][size]['resolution']} px, Wan at {video}")

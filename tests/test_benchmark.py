@@ -50,7 +50,14 @@ def test_gpu_acceptance_prints_its_table_on_tiny_models():
     command = [sys.executable, "benchmarks/gpu_acceptance.py", "--device", "cpu", "--steps", "3"]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    for run, batch in [("SDXL dmd", 4), ("SDXL amd", 4), ("SDXL dmd", 8), ("SDXL amd", 8), ("Wan2.1-1.3B amd", 4)]:
+    for run, batch in [
+        ("SDXL dmd", 4),
+        ("SDXL amd", 4),
+        ("SDXL dmd", 8),
+        ("SDXL amd", 8),
+        ("Wan2.1-1.3B amd", 4),
+        ("Wan2.1-1.3B streaming amd", 4),
+    ]:
         row = rf"^\| {run} \| {batch} \| [\d.]+ s \| [\d.]+ s \| - \(CPU\) \| [\d.]+ GiB \| - \|$"
         assert re.search(row, result.stdout, re.M), result.stdout
     # fp32 on CPU: the checkpointed backward recomputes exactly what the plain one kept
