@@ -16,8 +16,10 @@ aside and the model is the stock bidirectional one.
 This file depends on torch and diffusers only: ``train_amd_wan_streaming.py`` copies it into its output folder as
 ``pipeline.py``, so that stock diffusers loads a base Wan pipeline with this class:
 
-    pipe = DiffusionPipeline.from_pretrained(base, custom_pipeline=output_dir)
+    pipe = DiffusionPipeline.from_pretrained(base, custom_pipeline=output_dir, trust_remote_code=True)
 """
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -73,25 +75,20 @@ class StreamState:
 
     def block(self, start_frame, write=False):
         """Context: the next forwards take frames from ``start_frame`` on, seeing the cache (and writing to it)."""
-        return _Setting(self, start_frame=start_frame, write=write)
+        return self._setting(start_frame=start_frame, write=write)
 
     def one_pass(self, num_frame_per_block):
         """Context: the next forwards take a whole clip from frame 0 under :func:`block_causal_mask`, no cache."""
-        return _Setting(self, start_frame=0, num_frame_per_block=num_frame_per_block)
+        return self._setting(start_frame=0, num_frame_per_block=num_frame_per_block)
 
-
-class _Setting:
-    def __init__(self, state, **values):
-        self.state, self.values = state, values
-
-    def __enter__(self):
-        self.saved = {name: getattr(self.state, name) for name in self.values}
-        for name, value in self.values.items():
-            setattr(self.state, name, value)
-
-    def __exit__(self, *exc):
-        for name, value in self.saved.items():
-            setattr(self.state, name, value)
+    @contextlib.contextmanager
+    def _setting(self, **values):
+        saved = {name: getattr(self, name) for name in values}
+        self.__dict__.update(values)
+        try:
+            yield
+        finally:
+            self.__dict__.update(saved)
 
 
 def rotate(x, rotary_emb):
