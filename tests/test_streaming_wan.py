@@ -299,6 +299,22 @@ def test_a_causal_student_of_its_own_trains_from_a_converted_checkpoint(tiny_wan
     assert "ode_init" in (out / "README.md").read_text()
 
 
+def test_a_student_base_of_its_own_naming_the_base_itself_trains_as_the_shared_base_does(tiny_wan, tmp_path):
+    # Two networks (the student on a copy of the base) or one carrying both adapters: the same math, the same draws.
+    import train_amd_wan_streaming as trainer
+
+    adapters = {}
+    for name, flags in (("shared", ()), ("own", ("--student_model_name_or_path", tiny_wan["model"]))):
+        out = tmp_path / name
+        train_in_process(
+            trainer, wan_streaming_args(tiny_wan, out, "--max_train_steps", 2, "--fake_update_ratio", 1, *flags)
+        )
+        adapters[name] = checkpoint_adapters(out / "checkpoint-2")
+    for adapter in ("student", "fake"):
+        assert adapters["own"][adapter].keys() == adapters["shared"][adapter].keys()
+        assert all(torch.equal(v, adapters["shared"][adapter][k]) for k, v in adapters["own"][adapter].items()), adapter
+
+
 @pytest.mark.slow
 def test_both_processes_of_a_two_process_streaming_run_end_with_the_same_adapters(tiny_wan, tmp_path):
     assert_processes_agree(
