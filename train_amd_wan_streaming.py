@@ -39,7 +39,7 @@ import train_amd_wan
 from amd_utils import pipeline_wan_streaming
 from amd_utils.hub import amd_settings, write_model_card
 from amd_utils.images import save_and_log_video_grid
-from amd_utils.lora import FAKE, STUDENT, sharded_like, unsharded, use_adapter
+from amd_utils.lora import FAKE, STUDENT, adapter_parameters, sharded_like, unsharded, use_adapter
 from amd_utils.objective import group_advantages, student_loss
 from amd_utils.pipeline_wan_streaming import make_streaming, predict_x0, stream_video
 from amd_utils.prompts import load_prompts
@@ -130,18 +130,14 @@ class StudentEMA:
     def __init__(self, decay, start_step):
         self.decay, self.start_step, self.weights = decay, start_step, None
 
-    @staticmethod
-    def student_weights(model):
-        return {n.replace(f".{STUDENT}.", "."): p for n, p in model.named_parameters() if f".{STUDENT}." in n}
-
     @torch.no_grad()
     def update(self, model, global_step):
         if self.decay == 0 or global_step < self.start_step:
             return
         if self.weights is None:
-            self.weights = {k: p.detach().clone() for k, p in self.student_weights(model).items()}
+            self.weights = {k: p.detach().clone() for k, p in adapter_parameters(model, STUDENT).items()}
         else:
-            for key, p in self.student_weights(model).items():
+            for key, p in adapter_parameters(model, STUDENT).items():
                 self.weights[key].lerp_(p.detach(), 1 - self.decay)
 
     def state_dict(self):
@@ -149,7 +145,7 @@ class StudentEMA:
 
     def load(self, model, path):
         """Read the EMA from a file in diffusers' LoRA format (keys under ``transformer.``)."""
-        params = self.student_weights(model)
+        params = adapter_parameters(model, STUDENT)
         saved = {k.removeprefix("transformer."): v for k, v in load_file(path).items()}
         self.weights = {k: sharded_like(v, params[k]).to(params[k].device) for k, v in saved.items()}
 
@@ -232,10 +228,10 @@ def main(args):
             (gradient,) = torch.autograd.grad(loss, x_leaf)  # d loss / d video, DMD2's normalization included
 
             def student_losses():
+                use_adapter(student_model, STUDENT)  # the teachers' passes left the fake active; step() keeps it
                 for part in torch.arange(shape[0], device=accelerator.device).split(args.microbatch_size or shape[0]):
                     for start, x_in, cache in exits:
                         stream.restore(cache, part)
-                        use_adapter(student_model, STUDENT)
                         with stream.block(start):  # open until the backward: checkpointed blocks recompute in it
                             x0 = predict_x0(
                                 student_network, stream, x_in[part], sigmas[exit_step], prompt_embeds[part], start

@@ -81,10 +81,15 @@ def lora_shapes(model, name):
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
 
 
+def adapter_parameters(model, name):
+    """Adapter ``name``'s parameters of ``model`` (its shards under FSDP), under the keys of :func:`lora_state_dict`."""
+    return {n.replace(f".{name}.", "."): p for n, p in model.named_parameters() if f".{name}." in n}
+
+
 def load_lora_state_dict(model, name, state_dict):
     """Load one adapter's weights saved by :func:`lora_state_dict` (whole tensors; cut to this process's shards
     under FSDP)."""
-    params = {n.replace(f".{name}.", "."): p for n, p in model.named_parameters() if f".{name}." in n}
+    params = adapter_parameters(model, name)
     state_dict = {k: sharded_like(v, params[k]) if k in params else v for k, v in state_dict.items()}
     result = set_peft_model_state_dict(model, state_dict, adapter_name=name)
     if getattr(result, "unexpected_keys", None):
