@@ -120,7 +120,7 @@ def parse_args(argv=None):
     group.add_argument("--validation_prompts", nargs="+", default=None, help="Default: the first 4 training prompts.")
     add_optimization_arguments(parser)
     add_output_arguments(parser)
-    # DMD2's LoRA SDXL recipe (README: "Recipe defaults"): AdamW at 5e-5 with weight decay 0.01, gradients
+    # DMD2's LoRA SDXL recipe (docs/sdxl.md: "Recipe defaults"): AdamW at 5e-5 with weight decay 0.01, gradients
     # clipped at 10, a short constant-with-warm-up schedule, LoRA rank 64 with alpha 8.
     parser.set_defaults(
         output_dir="sdxl-amd", train_batch_size=8, learning_rate=5e-5, adam_weight_decay=0.01, max_grad_norm=10.0,

@@ -129,7 +129,7 @@ def build_parser(prog=SCRIPT, description="Adaptive Matching Distillation for Wa
     group.add_argument("--validation_prompts", nargs="+", default=None, help="Default: the first 4 training prompts.")
     add_optimization_arguments(parser)
     add_output_arguments(parser)
-    # The public Wan DMD recipes (README: "Recipe defaults"): 5 fake updates per student update, Adam with
+    # The public Wan DMD recipes (docs/wan.md: "Recipe defaults"): 5 fake updates per student update, Adam with
     # beta1 = 0, gradients clipped at 10; LoRA rank 64 and LongLive's LoRA learning rates.
     parser.set_defaults(
         output_dir="wan-amd",

@@ -98,7 +98,7 @@ CONFIGS = {
 }  # fmt: skip
 
 
-# What each run defaults to: the batch and LoRA rank of the measured GPU runs (README).
+# What each run defaults to: the batch and LoRA rank of the measured GPU runs (docs/sdxl.md, docs/sit.md).
 TRAIN_BATCH_SIZE = {"sit": 32, "sdxl": 4, "wan": 4}
 LORA_RANK = {"sit": 32, "sdxl": 64, "wan": 64}
 

@@ -16,7 +16,7 @@ the fake networks (``from_pretrained``, ``open_clip.create_model``); writing ima
 What the count does not see, and a real GPU run adds: the CUDA context, cuDNN and cuBLAS workspaces, the caching
 allocator's reserved-but-unallocated memory and fragmentation, NCCL buffers. The kernels differ too: on fake CPU
 tensors attention dispatches to the flash kernel for CPU, which keeps what CUDA's fused kernels keep (the output
-and a log-sum-exp), and autocast is the CPU's. The README compares the estimates with the measurements there are
+and a log-sum-exp), and autocast is the CPU's. docs/memory.md compares the estimates with the measurements there are
 (SDXL and SiT on an H200); benchmarks/gpu_acceptance.py prints them beside new ones.
 
 Fake tensors are an internal PyTorch API: tested on torch 2.14.1; on 2.5.1 the trainer's step fails inside FakeTensor.

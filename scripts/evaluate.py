@@ -501,7 +501,7 @@ def vbench_scores(args, folder, conditions, device):
     try:
         import vbench
         from vbench import VBench
-    except Exception as error:  # vbench 0.1.5 pins transformers 4.33.2 (README)
+    except Exception as error:  # vbench 0.1.5 pins transformers 4.33.2 (docs/evaluation.md)
         print(f"Skipping VBench: the vbench package does not import here ({type(error).__name__}: {error}).")
         return {}
     output, row = os.path.join(args.output_dir, "vbench"), os.path.basename(folder)
@@ -541,7 +541,7 @@ def vbench_scores(args, folder, conditions, device):
 def imagereward_metric(path, device):
     try:
         import ImageReward
-    except Exception as error:  # its imports break in several ways on current stacks (README)
+    except Exception as error:  # its imports break in several ways on current stacks (docs/evaluation.md)
         print(f"Skipping imagereward: the ImageReward package does not import here ({error}).")
         return None
     model = ImageReward.load(path or "ImageReward-v1.0", device=device)
