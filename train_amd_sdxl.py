@@ -54,6 +54,7 @@ from amd_utils.training import (
     latest_validation,
     make_accelerator,
     prepare_adapters,
+    random_stream_kept,
     validation_rng,
 )
 
@@ -233,7 +234,8 @@ def main(args):
 
         # -------------------------------------------------------------- models: one base, two adapters
         prompts = load_prompts(args) if args.prompts_file or not gan_enabled(args) else None  # else: the captions
-        unet, vae, text_encoders, tokenizers, schedule, reward = load_models(args, accelerator.device, weight_dtype)
+        with random_stream_kept(accelerator):  # the same draws on every library version
+            unet, vae, text_encoders, tokenizers, schedule, reward = load_models(args, accelerator.device, weight_dtype)
         for module in (vae, *text_encoders):
             module.requires_grad_(False).to(accelerator.device).eval()
         vae.enable_slicing()

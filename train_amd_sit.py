@@ -55,6 +55,7 @@ from amd_utils.training import (
     latest_validation,
     make_accelerator,
     prepare_adapters,
+    random_stream_kept,
     score_noise_levels,
     validation_rng,
 )
@@ -196,7 +197,8 @@ def main(args):
         logger.info(accelerator.state, main_process_only=False)
 
         # -------------------------------------------------------------- models: one base, two adapters
-        transformer, vae, reward = load_models(args, accelerator.device, weight_dtype)
+        with random_stream_kept(accelerator):  # the same draws on every library version
+            transformer, vae, reward = load_models(args, accelerator.device, weight_dtype)
         num_classes = transformer.config.num_embeds_ada_norm  # class id num_classes is the null (CFG) class
         channels, size = transformer.config.in_channels, transformer.config.sample_size
         if vae is not None:

@@ -43,6 +43,7 @@ from amd_utils.training import (
     latest_validation,
     make_accelerator,
     prepare_adapters,
+    random_stream_kept,
     score_noise_levels,
     validation_rng,
 )
@@ -320,7 +321,10 @@ def main(args):
 
         # -------------------------------------------------------------- models: one base, two adapters
         prompts = load_prompts(args)
-        transformer, real_transformer, vae, text_pipeline, reward = load_models(args, accelerator.device, weight_dtype)
+        with random_stream_kept(accelerator):  # the same draws on every library version
+            transformer, real_transformer, vae, text_pipeline, reward = load_models(
+                args, accelerator.device, weight_dtype
+            )
         vae.requires_grad_(False).to(accelerator.device).eval()
         save_extra = functools.partial(save_student_lora, args=args)  # checkpoints hold diffusers' LoRA format too
         transformer, model, updates, global_step = prepare_adapters(

@@ -50,6 +50,7 @@ from amd_utils.training import (
     latest_validation,
     make_accelerator,
     prepare_adapters,
+    random_stream_kept,
 )
 from train_amd_wan import (
     LORA_TARGET_MODULES,
@@ -159,10 +160,13 @@ def main(args):
 
         # -------------------------------------------------------------- models: the base with the fake, the student
         prompts = load_prompts(args)
-        transformer, real_transformer, vae, text_pipeline, reward = load_models(args, accelerator.device, weight_dtype)
-        student_base = None
-        if args.student_model_name_or_path:
-            student_base = load_student_base(args.student_model_name_or_path, weight_dtype)
+        with random_stream_kept(accelerator):  # the same draws on every library version
+            transformer, real_transformer, vae, text_pipeline, reward = load_models(
+                args, accelerator.device, weight_dtype
+            )
+            student_base = None
+            if args.student_model_name_or_path:
+                student_base = load_student_base(args.student_model_name_or_path, weight_dtype)
         vae.requires_grad_(False).to(accelerator.device).eval()
 
         def save_extra(folder, student):  # checkpoints hold diffusers' LoRA format and the EMA too

@@ -566,10 +566,20 @@ def step_time_report(step_seconds, device):
 
 
 @contextlib.contextmanager
-def validation_rng(accelerator, seed):
-    """Seed validation sampling with ``seed`` without shifting the training's random stream."""
+def random_stream_kept(accelerator):
+    """What runs inside leaves the training's random stream where it was. The trainers load their models inside:
+    transformers 4.48 draws random initial weights before it reads a checkpoint (the DINOv2 reward's, for one) and
+    transformers 5 does not, so the training's draws, and the adapters trained with the same seed, would depend on
+    its version."""
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@contextlib.contextmanager
+def validation_rng(accelerator, seed):
+    """Seed validation sampling with ``seed`` without shifting the training's random stream."""
+    with random_stream_kept(accelerator):
         torch.manual_seed(seed)
         yield
 
