@@ -226,7 +226,9 @@ def check_reward(reward, args, prompts, device):
 
 class PromptEmbeddings:
     """UMT5 embeddings of prompts as WanPipeline makes them, each prompt encoded once under no_grad and kept on
-    the CPU (UMT5-XXL may live there too: ``--text_encoder_device cpu``)."""
+    the CPU (UMT5-XXL may live there too: ``--text_encoder_device cpu``). Each prompt is encoded on its own: in a
+    batch, its embedding would depend in the last bits on which other prompts were new at the same step (the
+    kernels' sums split by batch size), and a resumed run, whose cache starts empty elsewhere, would land elsewhere."""
 
     def __init__(self, text_pipeline, max_sequence_length, dtype):
         self.text_pipeline, self.max_sequence_length, self.dtype, self.cache = (
@@ -238,16 +240,16 @@ class PromptEmbeddings:
 
     @torch.no_grad()
     def __call__(self, prompts, device):
-        new = sorted({p for p in prompts if p not in self.cache})
-        if new:
-            embeds, _ = self.text_pipeline.encode_prompt(
-                new,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.max_sequence_length,
-                device=self.text_pipeline.text_encoder.device,
-                dtype=self.dtype,
-            )
-            self.cache.update(zip(new, embeds.cpu()))
+        for prompt in prompts:
+            if prompt not in self.cache:
+                embeds, _ = self.text_pipeline.encode_prompt(
+                    [prompt],
+                    do_classifier_free_guidance=False,
+                    max_sequence_length=self.max_sequence_length,
+                    device=self.text_pipeline.text_encoder.device,
+                    dtype=self.dtype,
+                )
+                self.cache[prompt] = embeds[0].cpu()
         return torch.stack([self.cache[p] for p in prompts]).to(device)
 
 
