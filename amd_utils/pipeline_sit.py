@@ -9,8 +9,9 @@ and names it in ``model_index.json``, so stock diffusers loads the result with
 SiT's conventions (Ma et al., 2024): ``x_t = t * x0 + (1 - t) * noise`` with t = 1 clean, the network
 predicts the velocity ``x0 - noise`` and embeds t in [0, 1] with DiT's sinusoid. The pipeline drives
 diffusers' ``FlowMatchEulerDiscreteScheduler`` (sigma = 1 - t, velocity ``noise - x0``): deterministic
-Euler for a multi-step teacher, ``stochastic_sampling=True`` (predict x0, re-noise with fresh noise) for
-a few-step student, whose noise levels are stored in the pipeline's config as ``default_sigmas``.
+Euler for a multi-step teacher, ``stochastic_sampling=True`` (predict x0, re-noise with fresh noise from the
+``generator``, in every diffusers version) for a few-step student, whose noise levels are stored in the
+pipeline's config as ``default_sigmas``.
 """
 
 import torch
@@ -85,8 +86,15 @@ class SiTPipeline(DiffusionPipeline):
             if guided:
                 cond, uncond = velocity.chunk(2)
                 velocity = uncond + guidance_scale * (cond - uncond)
-            # SiT's velocity is x0 - noise; the scheduler's is noise - x0.
-            sample = self.scheduler.step(-velocity, timestep, sample, generator=generator).prev_sample
+            if self.scheduler.config.stochastic_sampling:
+                # The scheduler's stochastic step (predict x0, re-noise it to the next level), with the noise drawn
+                # from ``generator``: before diffusers 0.39 the scheduler drew it from the global RNG instead.
+                sigma, next_sigma = self.scheduler.sigmas[i], self.scheduler.sigmas[i + 1]
+                x0 = sample.float() + sigma * velocity
+                noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=torch.float32)
+                sample = ((1.0 - next_sigma) * x0 + next_sigma * noise).to(velocity.dtype)
+            else:  # SiT's velocity is x0 - noise; the scheduler's is noise - x0.
+                sample = self.scheduler.step(-velocity, timestep, sample, generator=generator).prev_sample
 
         if self.vae is not None:
             sample = self.vae.decode(sample.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
