@@ -4,7 +4,7 @@ import csv
 import json
 import os
 
-from .real_images import gan_enabled
+from .real_images import gan_enabled, load_image_dataset
 
 PROMPT_FILE_TYPES = (".txt", ".csv", ".jsonl")
 
@@ -23,17 +23,24 @@ def add_prompt_arguments(group):
 
 
 def check_prompt_args(parser, args):
-    """Exactly one source of prompts; with the GAN term on (``amd_utils.real_images``), --dataset_name gives the real
-    images, whose captions are the prompts unless a --prompts_file is given."""
+    """Exactly one source of prompts. SDXL's real images (``amd_utils.real_images``) are one: their captions are the
+    prompts when neither a --prompts_file nor a --dataset_name is given (with the GAN term on, --dataset_name gives
+    those images and their captions)."""
     if gan_enabled(args):
         return
-    if (args.prompts_file is None) == (args.dataset_name is None):
-        parser.error("give the prompts with exactly one of --prompts_file or --dataset_name.")
+    given = [args.prompts_file, args.dataset_name]
+    if all(given) or not any([*given, getattr(args, "train_data_dir", None)]):
+        sdxl = hasattr(args, "train_data_dir")
+        captions = ", or --train_data_dir, whose images' captions are then the prompts" if sdxl else ""
+        parser.error(f"give the prompts with exactly one of --prompts_file or --dataset_name{captions}.")
 
 
 def load_prompts(args):
-    """The training prompts, from --prompts_file or --dataset_name; an error sentence when there are none."""
-    if args.prompts_file is None:
+    """The training prompts, from --prompts_file, --dataset_name or the captions of --train_data_dir's images; an
+    error sentence when there are none."""
+    if args.prompts_file is None and args.dataset_name is None:  # SDXL's --train_data_dir (check_prompt_args)
+        prompts, source = load_image_dataset(args, "caption")[args.caption_column], args.train_data_dir
+    elif args.prompts_file is None:
         from datasets import load_dataset
 
         try:

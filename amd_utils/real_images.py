@@ -55,7 +55,7 @@ def add_gan_arguments(parser, condition):
         group.add_argument(
             "--caption_column",
             default="text",
-            help="The real images' captions; they are the training prompts when no --prompts_file is given.",
+            help="The real images' captions: the training prompts when no --prompts_file is given (GAN on or off).",
         )
     else:
         group.add_argument("--label_column", default="label")
@@ -76,6 +76,8 @@ def check_gan_args(parser, args):
     for name in ("gan_loss_weight", "fake_gan_loss_weight"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0 (0: no GAN term), got {getattr(args, name)}.")
+    if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
+        parser.error(f"--train_data_dir {args.train_data_dir!r} is not a folder.")
     if not gan_enabled(args):
         if args.latents_cache_dir is not None:
             parser.error("--latents_cache_dir caches the GAN's real images: it needs --gan_loss_weight or "
@@ -88,8 +90,6 @@ def check_gan_args(parser, args):
         )
     if args.train_data_dir is not None and args.dataset_name is not None:
         parser.error("give the real images with one of --train_data_dir or --dataset_name, not both.")
-    if args.train_data_dir is not None and not os.path.isdir(args.train_data_dir):
-        parser.error(f"--train_data_dir {args.train_data_dir!r} is not a folder.")
 
 
 def resize_and_center_crop(image, resolution):

@@ -290,15 +290,17 @@ def test_the_fake_gan_weight_moves_the_fake_and_the_head(gan_trainer, tmp_path):
             assert {k: v.shape for k, v in gan.items()} == {k: v.shape for k, v in plain.items()}, output
 
 
-def test_without_a_prompts_file_the_captions_are_the_prompts(tiny_sdxl, tmp_path, monkeypatch):
-    # As in DMD2, whose prompts and real images are LAION's: here the real images' captions, also for validation.
+@pytest.mark.parametrize("fake_gan_loss_weight", ["1e-2", "0"])
+def test_without_a_prompts_file_the_captions_are_the_prompts(tiny_sdxl, tmp_path, monkeypatch, fake_gan_loss_weight):
+    # As in DMD2, whose prompts and real images are LAION's: here the real images' captions, also for validation;
+    # with the GAN term off too (its images are then not read).
     encoded = []
     original = train_amd_sdxl.encode_prompts
     monkeypatch.setattr(
         train_amd_sdxl, "encode_prompts", lambda prompts, *rest: encoded.extend(prompts) or original(prompts, *rest)
     )
     args = with_flags(
-        sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", 2, "--fake_gan_loss_weight", "1e-2"),
+        sdxl_args(tiny_sdxl, tmp_path / "out", "--max_train_steps", 2, "--fake_gan_loss_weight", fake_gan_loss_weight),
         {"--prompts_file": None, "--train_data_dir": tiny_sdxl["images"], "--validation_steps": "2"},
     )
     train_in_process(train_amd_sdxl, args)
@@ -366,6 +368,13 @@ BAD_INPUT = [
         "is a SiTPipeline whose unet is missing, not UNet2DConditionModel: give an SDXL pipeline",
     ),
     ("sdxl", {"--prompts_file": "/no/such/prompts.txt"}, "the prompts file '/no/such/prompts.txt' does not exist"),
+    (
+        "sdxl",
+        {"--prompts_file": None},
+        "give the prompts with exactly one of --prompts_file or --dataset_name, or --train_data_dir, whose images' "
+        "captions are then the prompts",
+    ),
+    ("wan", {"--prompts_file": None}, "give the prompts with exactly one of --prompts_file or --dataset_name."),
     ("sdxl", {"--prompts_file": "<empty_prompts>"}, "holds no prompts"),
     ("sdxl", {"--group_size": "1"}, "--group_size must be at least 2"),
     ("sdxl", {"--train_batch_size": "3"}, "--train_batch_size 3 is not a multiple of --group_size 2"),
