@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from examples.digits.demo import markdown_table, summarize
 from examples.digits.evaluate import within_class_diversity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,34 +34,56 @@ def test_within_class_diversity_hand_computed():
     assert within_class_diversity(images, labels) == pytest.approx((3.0 + 4.0) / 2)
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
+# The warm start (dmd), then amd with and without sharpening: each has one student update (steps 0 and 5).
+SHORT_DEMO = ["--seeds", "0", "--operators", "amd", "--teacher_steps", "40", "--classifier_steps", "40",
+              "--warmup_steps", "2", "--finetune_steps", "4", "--samples_per_class", "4",
+              "--teacher_sampling_steps", "3"]  # fmt: skip
+REFERENCE = os.path.join(REPO, "tests", "digits_short_demo.json")
+# The short demo gave the same numbers to the last bit on requirements.txt's newest stack and on requirements-min.txt's
+# (torch 2.14.1). A change to prepare.py's draws, the trainer's random stream, an operator, the evaluation or a kernel
+# moves them by far more than this, and so would the full demo's table (docs/digits.md).
+RELATIVE_TOLERANCE = 1e-5
+
+
+def test_a_short_demo_reproduces_its_stored_numbers(tmp_path):
+    """``python -m examples.digits.demo`` on a short budget: every row's metrics equal the stored ones
+    (``UPDATE_DIGITS_REFERENCE=1`` rewrites them, after a change meant to move them), the names, grids and the
+    resumed warm start are as the full demo makes them, and every run's output loads as a pipeline."""
     out = tmp_path / "digits"
-    flags = ["--output_dir", str(out), "--seeds", "0", "1", "--operators", "dmd", "amd", *TINY_BUDGET]
-    result = run_example("examples.digits.demo", flags)
+    result = run_example("examples.digits.demo", ["--output_dir", str(out), *SHORT_DEMO])
     assert "| amd, sharpening |" in result.stdout
-
-    results = json.loads((out / "results.json").read_text())
-    names = [entry["run"] for entry in results["summary"]]
-    assert names == [
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    if os.environ.get("UPDATE_DIGITS_REFERENCE"):
+        with open(REFERENCE, "w") as f:
+            json.dump(runs, f, indent=1)
+    with open(REFERENCE) as f:
+        reference = json.load(f)
+    assert [row["run"] for row in runs] == [row["run"] for row in reference] == [
         "real digits (the other half)", "teacher, 3 steps, w = 1", "student before distillation",
-        "teacher, 3 steps, w = 1.5", "teacher, 4 steps, w = 1.5", "dmd warm start", "dmd, no sharpening",
-        "dmd, sharpening", "amd, no sharpening", "amd, sharpening",
+        "teacher, 3 steps, w = 1.5", "teacher, 4 steps, w = 1.5", "dmd warm start", "amd, no sharpening",
+        "amd, sharpening",
     ]  # fmt: skip
-    runs = [row for row in results["runs"] if row["seed"] is not None]
-    assert len(runs) == 2 * 5 and {row["seed"] for row in runs} == {0, 1}
-    assert all(
-        torch.isfinite(torch.tensor([row[m] for m in ("fd", "accuracy", "mean_reward", "diversity")])).all()
-        for row in runs
-    )
-    assert "| amd, sharpening | 1 |" in (out / "results.md").read_text()
+    for row, stored in zip(runs, reference):
+        for metric in ("fd", "accuracy", "mean_reward", "diversity"):
+            assert row[metric] == pytest.approx(stored[metric], rel=RELATIVE_TOLERANCE), (row["run"], metric)
 
-    for stem in ("teacher_full_w1", "student_step0", "dmd_warmup_seed0", "amd_sharpen_seed0", "dmd_nosharpen_seed0"):
+    for stem in ("teacher_full_w1", "student_step0", "dmd_warmup_seed0", "amd_sharpen_seed0", "amd_nosharpen_seed0"):
         assert (out / "grids" / f"{stem}.png").exists(), stem
-    # Stage 2 resumed stage 1's checkpoint and every output folder is a loadable pipeline.
-    log = (out / "runs" / "amd_sharpen_seed1.log").read_text()
-    assert "Resuming from" in log and "dmd_warmup_seed1/checkpoint-2" in log
-    assert (out / "runs" / "amd_sharpen_seed1" / "model_index.json").exists()
+    log = (out / "runs" / "amd_sharpen_seed0.log").read_text()
+    assert "Resuming from" in log and "dmd_warmup_seed0/checkpoint-2" in log
+    assert (out / "runs" / "amd_sharpen_seed0" / "model_index.json").exists()
+
+
+def test_the_table_gives_mean_and_spread_over_seeds():
+    rows = [
+        {"run": "real digits", "seed": None, "fd": 7.0, "accuracy": 1.0, "mean_reward": -0.1, "diversity": 2.0},
+        *({"run": "amd", "seed": seed, "fd": fd, "accuracy": 0.9, "mean_reward": -0.2, "diversity": 1.0}
+          for seed, fd in ((0, 30.0), (1, 34.0))),
+    ]  # fmt: skip
+    table = markdown_table(summarize(rows), rows).splitlines()
+    assert table[2] == "| real digits | 7.0 | 1.000 | -0.100 | 2.000 |"
+    assert table[3] == "| amd | 32.0 ± 2.0 | 0.900 ± 0.000 | -0.200 ± 0.000 | 1.000 ± 0.000 |"
+    assert "| amd | 1 | 34.0000 | 0.9000 | -0.2000 | 1.0000 |" in table
 
 
 @pytest.mark.slow

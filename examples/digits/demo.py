@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 
 from amd_utils.images import image_grid
 from amd_utils.objective import OPERATORS
+from examples.reproducible import pin_cpu_arithmetic
 
 from .evaluate import Evaluator, sample_per_class
-from .prepare import NUM_CLASSES, load_data, prepare
+from .prepare import NUM_CLASSES, THREADS, load_data, prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = ("fd", "accuracy", "mean_reward", "diversity")
@@ -59,7 +60,9 @@ def add_budget_arguments(parser):
     parser.add_argument("--finetune_steps", type=int, default=200, help="Steps of every method after the warm start.")
     parser.add_argument("--samples_per_class", type=int, default=100, help="Samples per class for the metrics.")
     parser.add_argument("--teacher_sampling_steps", type=int, default=50, help="The teacher's full step count.")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="Distillation runs at once.")
+    parser.add_argument(
+        "--jobs", type=int, default=min(8, os.cpu_count() or 1), help="Distillation runs at once, a thread each."
+    )
 
 
 def check_budget_arguments(parser, args):
@@ -117,11 +120,11 @@ def plan_runs(args, runs_dir, seed, guidance, sensitivities, label="", gan=None)
     return [warmup], finetunes
 
 
-def train_command(args, paths, run, threads):
+def train_command(args, paths, run):
     """The ``accelerate launch train_amd_sit.py`` call of one run: every run gets the same flags but these."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
         os.path.join(REPO, "train_amd_sit.py"),
         "--pretrained_model_name_or_path", paths["teacher"],
         "--reward", "dinov2", "--reward_model_name_or_path", paths["reward"], "--operator", run["operator"],
@@ -142,8 +145,8 @@ def train_command(args, paths, run, threads):
 
 
 def train_all(args, paths, runs, desc):
-    """Run the distillations ``args.jobs`` at a time, each with its share of the cores, logs to files."""
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    """Run the distillations ``args.jobs`` at a time, each on one thread whatever the machine (the arithmetic does not
+    depend on the core count), logs to files."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -155,7 +158,7 @@ def train_all(args, paths, runs, desc):
         os.makedirs(os.path.dirname(run["dir"]), exist_ok=True)
         with open(run["dir"] + ".log", "w") as log:
             result = subprocess.run(
-                train_command(args, paths, run, threads), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+                train_command(args, paths, run), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
             )
         if result.returncode != 0:
             raise SystemExit(f"examples.digits.demo: the run {run['dir']} failed: its log is {run['dir']}.log.")
@@ -232,7 +235,7 @@ def run_sources(args, runs):
 
 def real_digits_evaluator(paths):
     """The judge trained on half 1: the Frechet reference is that half; the real-data row is the other half."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS)
     diffusers_logging.disable_progress_bar()  # one bar for the whole evaluation instead of one per pipeline load
     images, labels, half = load_data()
     images = (images + 1) / 2
@@ -316,4 +319,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    pin_cpu_arithmetic("examples.digits.demo")
     main()

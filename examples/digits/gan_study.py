@@ -31,6 +31,7 @@ from amd_utils.lora import FAKE, add_student_and_fake_adapters, load_lora_state_
 from amd_utils.parameterization import sit_add_noise
 from amd_utils.pipeline_sit import use_sit_time_embedding
 from amd_utils.training import HEAD_FILE
+from examples.reproducible import pin_cpu_arithmetic
 from train_amd_sit import LORA_TARGET_MODULES, discriminator_head, fake_forward
 
 from .demo import (
@@ -137,4 +138,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    pin_cpu_arithmetic("examples.digits.gan_study")
     main()

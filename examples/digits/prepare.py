@@ -14,8 +14,11 @@
 """
 
 import argparse
+import glob
 import os
 import shutil
+import tempfile
+import zlib
 
 import torch
 import torch.nn as nn
@@ -30,8 +33,44 @@ from transformers import BitImageProcessor, Dinov2Config, Dinov2ForImageClassifi
 from amd_utils.parameterization import sit_add_noise, sit_model_target
 from amd_utils.pipeline_sit import use_sit_time_embedding
 from amd_utils.sit import save_sit_pipeline
+from examples.reproducible import pin_cpu_arithmetic
 
 NUM_CLASSES = 10
+# Every digits model trains and samples on this many threads, whatever the machine has: reductions split across
+# threads sum in another order, and 1 and 2 threads gave the reward and the judge other weights.
+THREADS = 2
+
+
+def redraw(weights, seed, embedding_tables=()):
+    """A state dict's weights drawn afresh, each from a generator seeded with ``seed`` and its name, so that the draws
+    depend neither on the order in which a library builds its modules nor on how many draws it makes (transformers
+    4.48 and 5 give the same Dinov2 config other initial weights). The distributions are PyTorch's for a new layer:
+    N(0, 1) for the ``embedding_tables``, uniform in +-1/sqrt(fan_in) for other matrices and kernels and for their
+    biases. A weight the library set to one constant (norm and layer scales, zeros) keeps it."""
+    drawn = {}
+    for name, weight in weights.items():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        matrix = weights.get(name[: -len("bias")] + "weight") if name.endswith("bias") else weight  # its fan-in
+        bound = (matrix.numel() / matrix.shape[0]) ** -0.5 if matrix is not None and matrix.dim() > 1 else None
+        if weight.numel() == 0 or bool((weight == weight.flatten()[0]).all()) or bound is None:
+            drawn[name] = weight
+        elif name in embedding_tables:
+            drawn[name] = torch.randn(weight.shape, generator=generator).to(weight.dtype)
+        else:
+            drawn[name] = (torch.rand(weight.shape, generator=generator) * 2 - 1).mul_(bound).to(weight.dtype)
+    return drawn
+
+
+def with_redrawn_weights(model, seed):
+    """A diffusers or transformers ``model`` reloaded with :func:`redraw`'s weights. The names are those of the saved
+    file, which stay when a library renames its modules (transformers 5 renamed Dinov2's attention projections and
+    saves them under the old names). None of the digits models has buffers: every saved tensor is a weight."""
+    tables = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        (path,) = glob.glob(os.path.join(folder, "*.safetensors"))
+        save_file(redraw(load_file(path), seed, tables), path, metadata={"format": "pt"})
+        return type(model).from_pretrained(folder)
 
 
 def load_data():
@@ -52,12 +91,13 @@ def load_data():
 
 def train_teacher(images, labels, output_dir, steps, batch_size=128, seed=0):
     """Flow matching in SiT's convention: x_t = t x0 + (1 - t) noise, target velocity x0 - noise."""
-    torch.manual_seed(seed)
     transformer = DiTTransformer2DModel(
         num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
         sample_size=8, patch_size=2, num_embeds_ada_norm=NUM_CLASSES, norm_eps=1e-6,
     )  # fmt: skip
+    transformer = with_redrawn_weights(transformer, seed)
     use_sit_time_embedding(transformer).eval()  # eval: we drop labels ourselves, the same way in every block
+    torch.manual_seed(seed)  # after building: the draws below do not depend on what building drew
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     for _ in tqdm(range(steps), desc="teacher"):
@@ -105,7 +145,7 @@ def train_reward(images, labels, output_dir, steps):
         image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=128, num_labels=NUM_CLASSES,
     )  # fmt: skip
-    model = Dinov2ForImageClassification(config)
+    model = with_redrawn_weights(Dinov2ForImageClassification(config), seed=0)
     train_classifier(model, lambda m, x: m(pixel_values=(x - 0.5) / 0.5).logits, images, labels, steps, desc="reward")
     model.save_pretrained(output_dir)
     # The trainer preprocesses like the model's processor: no resize needed, normalize [0, 1] to [-1, 1].
@@ -140,6 +180,7 @@ def load_judge(path):
 
 def prepare(output_dir, teacher_steps=1000, classifier_steps=1500):
     """Train what is missing under ``output_dir``; return the paths."""
+    torch.set_num_threads(THREADS)
     images, labels, half = load_data()
     paths = {
         "teacher": os.path.join(output_dir, "teacher"),
@@ -153,8 +194,10 @@ def prepare(output_dir, teacher_steps=1000, classifier_steps=1500):
     if not os.path.exists(os.path.join(paths["reward"], "config.json")):
         train_reward(to_unit(images[half == 0]), labels[half == 0], paths["reward"], classifier_steps)
     if not os.path.exists(paths["judge"]):
-        judge = train_classifier(
-            Judge(), lambda m, x: m(x), to_unit(images[half == 1]), labels[half == 1], classifier_steps, desc="judge"
+        judge = Judge()
+        judge.load_state_dict(redraw(judge.state_dict(), seed=0))
+        train_classifier(
+            judge, lambda m, x: m(x), to_unit(images[half == 1]), labels[half == 1], classifier_steps, desc="judge"
         )
         save_file(judge.state_dict(), paths["judge"])
     if not os.path.isdir(paths["real_images"]):
@@ -174,14 +217,19 @@ def save_class_folders(images, labels, folder):
     os.replace(partial, folder)
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train the digits teacher, reward model and judge.")
     parser.add_argument("--output_dir", default="outputs/digits")
     parser.add_argument("--teacher_steps", type=int, default=1000)
     parser.add_argument("--classifier_steps", type=int, default=1500)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     print(prepare(args.output_dir, args.teacher_steps, args.classifier_steps))
 
 
 if __name__ == "__main__":
+    pin_cpu_arithmetic("examples.digits.prepare")
     main()

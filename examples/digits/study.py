@@ -22,6 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from examples.reproducible import pin_cpu_arithmetic  # noqa: E402
+
 from .demo import add_budget_arguments, check_budget_arguments, plan_runs, train_and_evaluate  # noqa: E402
 from .prepare import prepare  # noqa: E402
 
@@ -96,4 +98,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    pin_cpu_arithmetic("examples.digits.study")
     main()

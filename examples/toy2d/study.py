@@ -36,6 +36,7 @@ from amd_utils.objective import (
     weighted_denoising_loss,
 )
 from amd_utils.parameterization import flow_add_noise, flow_model_target, flow_x0, sample_noise_levels
+from examples.reproducible import pin_cpu_arithmetic
 
 # ----------------------------------------------------------------------------- the data
 
@@ -354,4 +355,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    pin_cpu_arithmetic("examples.toy2d.study")
     main()
