@@ -70,7 +70,7 @@ CONFIGS = {
             "resolution": 1024,
         },
         "tiny": {
-            "unet": dict(addition_embed_type="text_time", addition_time_embed_dim=8, attention_head_dim=(2, 4), block_out_channels=(32, 64), cross_attention_dim=64, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), projection_class_embeddings_input_dim=80, sample_size=8, transformer_layers_per_block=(1, 2), use_linear_projection=True, norm_num_groups=1),
+            "unet": dict(addition_embed_type="text_time", addition_time_embed_dim=8, attention_head_dim=(2, 4), block_out_channels=(32, 64), cross_attention_dim=64, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), projection_class_embeddings_input_dim=80, sample_size=8, layers_per_block=1, transformer_layers_per_block=1, use_linear_projection=True, norm_num_groups=1),
             "vae": dict(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, sample_size=16),
             "text_encoder": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),
             "text_encoder_2": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32),

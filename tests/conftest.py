@@ -1,16 +1,21 @@
 """No test may touch the network: the Hub is offline for every test, in-process and in the subprocesses the
 tests start (set before anything imports huggingface_hub, which reads it once). Property tests draw the same
-examples on every CI run (hypothesis profile "ci"), and new ones locally."""
+examples on every run (hypothesis profile "ci"; HYPOTHESIS_PROFILE=explore draws new ones). Each of pytest-xdist's
+workers (pytest.ini: -n 2) computes on its share of the cores."""
 
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="session")

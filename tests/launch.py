@@ -1,6 +1,7 @@
 """Running the trainers' real command lines from tests: ``accelerate launch`` on CPU, offline."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ def launch(script, args, num_processes=1, config_file=None, succeed=True):
     process. With an FSDP ``config_file``, its FSDP runs on CPU processes (tests/fsdp_on_cpu.py)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_cpu_threads_per_process", "1"]
     command += ["--num_processes", str(num_processes)]
+    if num_processes > 1:  # a port of its own: another test's processes may be running (pytest -n)
+        command += ["--main_process_port", str(free_port())]
     env = dict(ENV)
     if config_file is not None:
         command += ["--config_file", config_file, "tests/fsdp_on_cpu.py"]
@@ -26,6 +29,13 @@ def launch(script, args, num_processes=1, config_file=None, succeed=True):
     result = subprocess.run([*command, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert (result.returncode == 0) == succeed, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def free_port():
+    """A TCP port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def with_flags(args, change):

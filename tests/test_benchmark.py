@@ -36,6 +36,7 @@ def test_tiny_benchmark_reports_step_times_and_memory(model, operators):
     assert "one frozen base with two adapters" in result.stdout
 
 
+@pytest.mark.slow  # peft injects both adapters into the 14B on the meta device: 10 s
 def test_wan_memory_budgets_from_parameter_counts():
     # Both published sizes, on the meta device: the README's budget table.
     sys.path.insert(0, f"{REPO}/benchmarks")

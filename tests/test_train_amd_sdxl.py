@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from train_amd_sdxl import LORA_TARGET_MODULES
 
-pytestmark = pytest.mark.slow
 SCRIPT = "train_amd_sdxl.py"
 
 
@@ -47,6 +46,7 @@ def test_the_lora_loads_into_stock_sdxl_and_samples_in_4_steps(tiny_sdxl, tmp_pa
     torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_sdxl, tmp_path):
     # Not the adapters of one process at twice the batch: each process draws its own prompts and noise
     # (seeded apart) and ranks its own groups, so the two runs see different samples. DDP averages the two
@@ -61,12 +61,14 @@ def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_sdx
     )
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_point_resumes_to_the_same_adapters(tiny_sdxl, tmp_path):
     assert_survives_sigkill(
         SCRIPT, sdxl_args(tiny_sdxl, tmp_path / "out"), tmp_path / "out", tmp_path / "straight", steps=6
     )
 
 
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_exits_2_without_a_traceback(tiny_sdxl, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

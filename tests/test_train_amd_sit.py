@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from amd_utils.pipeline_sit import use_sit_time_embedding
 
-pytestmark = pytest.mark.slow
 SCRIPT = "train_amd_sit.py"
 
 
+@pytest.mark.slow  # the default tier runs train_amd_sit.py end to end in tests/test_digits.py
 def test_trains_saves_and_the_output_loads_and_samples(tiny_sit, tmp_path):
     out = tmp_path / "out"
     launch(
@@ -56,6 +56,7 @@ def test_trains_saves_and_the_output_loads_and_samples(tiny_sit, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_sit, tmp_path):
     # Not the adapters of one process at twice the batch: each process draws its own class labels and noise
     # (seeded apart) and ranks its own groups, so the two runs see different samples. DDP averages the two
@@ -67,6 +68,7 @@ def test_both_processes_of_a_two_process_run_end_with_the_same_adapters(tiny_sit
     )
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_point_resumes_to_the_same_adapters(tiny_sit, tmp_path):
     assert_survives_sigkill(
         SCRIPT,
@@ -77,6 +79,7 @@ def test_a_run_killed_at_any_point_resumes_to_the_same_adapters(tiny_sit, tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_exits_2_without_a_traceback(tiny_sit, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -190,7 +190,6 @@ def test_a_user_video_reward_gets_the_decoded_videos_and_their_prompts(tiny_wan,
         assert len(prompts) == 4 and prompts[0] == prompts[1] and prompts[2] == prompts[3]  # groups of K = 2
 
 
-@pytest.mark.slow
 def test_the_command_line_writes_the_lora_scheduler_and_model_card(tiny_wan, tmp_path):
     out = tmp_path / "out"
     launch(SCRIPT, wan_args(tiny_wan, out, "--max_train_steps", "2", "--report_to", "tensorboard"))

@@ -104,32 +104,28 @@ def _tiny_clip_tokenizer(folder):
 
 
 def tiny_sdxl_pipeline(path, seed=0):
-    """An SDXL pipeline folder at the smallest size diffusers' own SDXL tests use (16 x 16 images, 8 x 8
-    latents): UNet with text-time conditioning, VAE, both CLIP text encoders, tokenizers, scheduler."""
+    """An SDXL pipeline folder at the benchmark's tiny size (``benchmarks/benchmark_step.py``: 16 x 16 images, 8 x 8
+    latents, diffusers' own SDXL test blocks with one layer each): UNet with text-time conditioning, VAE, both CLIP
+    text encoders, tokenizers, scheduler."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from benchmarks.benchmark_step import CONFIGS
+
+    config = CONFIGS["sdxl"]["tiny"]
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=1,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, sample_size=16,
-    )  # fmt: skip
+    unet, vae = UNet2DConditionModel(**config["unet"]), AutoencoderKL(**config["vae"])
     tokenizer, vocab_size = _tiny_clip_tokenizer(path / "_vocab")
-    text_config = CLIPTextConfig(
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, hidden_size=32, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size, projection_dim=32, max_position_embeddings=77,
-    )  # fmt: skip
+    text_configs = [
+        CLIPTextConfig(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+                       vocab_size=vocab_size, max_position_embeddings=77, **config[name])
+        for name in ("text_encoder", "text_encoder_2")
+    ]  # fmt: skip
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
     pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_config), text_encoder_2=CLIPTextModelWithProjection(text_config),
+        vae=vae, text_encoder=CLIPTextModel(text_configs[0]), text_encoder_2=CLIPTextModelWithProjection(text_configs[1]),
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
     )  # fmt: skip
     pipe.save_pretrained(str(path))
