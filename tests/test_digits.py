@@ -40,8 +40,10 @@ SHORT_DEMO = ["--seeds", "0", "--operators", "amd", "--teacher_steps", "40", "--
               "--teacher_sampling_steps", "3"]  # fmt: skip
 REFERENCE = os.path.join(REPO, "tests", "digits_short_demo.json")
 # The short demo gave the same numbers to the last bit on requirements.txt's newest stack and on requirements-min.txt's
-# (torch 2.14.1). A change to prepare.py's draws, the trainer's random stream, an operator, the evaluation or a kernel
-# moves them by far more than this, and so would the full demo's table (docs/digits.md).
+# (torch 2.14.1). Measured against the stored numbers: another trainer seed moves every distilled row by 1e-4 to
+# 1e-1 (most by 4e-3 or more); ATen's scalar kernels instead of its AVX2 ones by up to 3.8e-5, MKL's default path
+# instead of its pinned AVX2 one by up to 1.3e-5 (both caught), oneDNN's SSE4.1 kernels by 1.9e-7 (not caught here;
+# the full demo's 1000 teacher steps amplify it). examples/reproducible.py pins all three.
 RELATIVE_TOLERANCE = 1e-5
 
 
